@@ -1,0 +1,146 @@
+"""One self-contained file per model: atomic to write, safe and validated to read.
+
+The file is a `torch.save` zip holding only tensors and plain Python values, read back with
+`weights_only=True`, so nothing in it is ever executed. Its zip CRCs are checked on load
+(torch itself does not), so a corrupted copy is reported rather than silently loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chargen.config import ModelConfig, from_dict
+from chargen.errors import CheckpointError, ConfigError
+from chargen.model import CharLM
+from chargen.tokenizers import Tokenizer, tokenizer_from_state
+
+FORMAT = "chargen-checkpoint"
+VERSION = 1
+_REQUIRED = ("format", "version", "model_config", "tokenizer", "model", "metrics")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it: a crash at any
+    moment leaves either the old file or the new one, never a half-written one."""
+    path = Path(path)
+    weights = payload["model"]
+    if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
+        raise CheckpointError(f"refusing to save non-finite weights to {path}")
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write a checkpoint in {path.parent}: {err.strerror or err}; choose another --out"
+        ) from None
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {err.strerror or err}; the previous checkpoint is intact"
+            ) from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The validated payload; every way a file can be wrong becomes one CheckpointError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty: not a chargen checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a chargen checkpoint (or it is truncated)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"{path} is damaged ({err}); use another copy") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupted (checksum mismatch in {bad}); use another copy")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or hostile files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "Unsupported global" in str(err) or "weights_only" in str(err):
+            reason = "it contains Python objects other than tensors, which chargen refuses to load"
+        raise CheckpointError(f"{path} is not a chargen checkpoint: {reason}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a chargen checkpoint (no chargen format tag)")
+    if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
+        raise CheckpointError(
+            f"{path} has format version {payload.get('version')!r}; this chargen reads up to "
+            f"version {VERSION}: upgrade chargen"
+        )
+    missing = [key for key in _REQUIRED if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is missing {', '.join(missing)}: not a complete checkpoint")
+    return payload
+
+
+@dataclass
+class LoadedModel:
+    model: CharLM
+    tokenizer: Tokenizer
+    payload: dict[str, Any]
+
+
+def build_model(payload: dict[str, Any], source: str | Path = "checkpoint") -> LoadedModel:
+    """Rebuild model and tokenizer from a payload, checking the weights fit the stated shape."""
+    try:
+        config = from_dict(ModelConfig, payload["model_config"])
+        tokenizer = tokenizer_from_state(payload["tokenizer"])
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{source} has an invalid model_config or tokenizer: {err}") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{source}: tokenizer has {tokenizer.vocab_size} ids but the model expects {config.vocab_size}"
+        )
+    model = CharLM(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise CheckpointError(f"{source}: weights do not match the model config ({detail})") from None
+    model.eval()
+    return LoadedModel(model, tokenizer, payload)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    return build_model(load_checkpoint(path), path)

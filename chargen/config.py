@@ -1,0 +1,165 @@
+"""Typed settings for every stage, each validated where it is built so bad values fail early."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from chargen.errors import ConfigError
+
+Cell = Literal["lstm", "gru", "rnn"]
+TokenizerKind = Literal["char", "sentencepiece"]
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network's shape; stored in every checkpoint so the model can be rebuilt from the file."""
+
+    vocab_size: int
+    cell: Cell = "lstm"
+    layers: int = 2
+    hidden: int = 512
+    embed: int = 0  # 0 means "same as hidden"
+    dropout: float = 0.25
+    tie_weights: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.vocab_size >= 2, f"vocab_size must be at least 2, got {self.vocab_size}")
+        _require(self.cell in ("lstm", "gru", "rnn"), f"--cell must be lstm, gru or rnn, got {self.cell!r}")
+        _require(1 <= self.layers <= 16, f"--layers must be between 1 and 16, got {self.layers}")
+        _require(1 <= self.hidden <= 8192, f"--hidden must be between 1 and 8192, got {self.hidden}")
+        _require(0 <= self.embed <= 8192, f"--embed must be between 0 and 8192, got {self.embed}")
+        _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights:
+            _require(
+                self.embed_dim == self.hidden,
+                "--tie-weights needs --embed equal to --hidden (or 0)",
+            )
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embed or self.hidden
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: TokenizerKind = "char"
+    vocab_size: int = 2000  # sentencepiece only
+    model_type: Literal["bpe", "unigram"] = "unigram"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.kind in ("char", "sentencepiece"),
+            f"--tokenizer must be char or sentencepiece, got {self.kind!r}",
+        )
+        _require(self.model_type in ("bpe", "unigram"), f"--sp-type must be bpe or unigram, got {self.model_type!r}")
+        _require(self.vocab_size >= 1, f"--vocab-size must be positive, got {self.vocab_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Budgets combine: training stops at whichever is reached first."""
+
+    batch_size: int = 64
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_frac: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    max_steps: int = 0  # 0 means no step budget
+    max_epochs: float = 0.0
+    max_time: float = 600.0  # seconds; 0 means no time budget
+    eval_every: int = 250
+    patience: int = 0  # evaluations without improvement before stopping; 0 disables
+    val_frac: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+    threads: int = 0  # 0 means torch's default
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    sample_chars: int = 200  # shown at each evaluation; 0 disables
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
+        _require(self.seq_len >= 1, f"--seq-len must be positive, got {self.seq_len}")
+        _require(math.isfinite(self.lr) and 0 < self.lr < 1, f"--lr must be in (0, 1), got {self.lr}")
+        _require(0 <= self.min_lr_frac <= 1, f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
+        _require(self.warmup_steps >= 0, f"--warmup must be >= 0, got {self.warmup_steps}")
+        _require(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        _require(self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
+        _require(self.max_steps >= 0, f"--max-steps must be >= 0, got {self.max_steps}")
+        _require(self.max_epochs >= 0, f"--max-epochs must be >= 0, got {self.max_epochs}")
+        _require(self.max_time >= 0, f"--max-time must be >= 0, got {self.max_time}")
+        _require(
+            self.max_steps or self.max_epochs or self.max_time,
+            "give a budget: --max-steps, --max-epochs or --max-time",
+        )
+        _require(self.eval_every >= 1, f"--eval-every must be positive, got {self.eval_every}")
+        _require(self.patience >= 0, f"--patience must be >= 0, got {self.patience}")
+        _require(0 < self.val_frac < 0.5, f"--val-frac must be in (0, 0.5), got {self.val_frac}")
+        _require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
+        _require(
+            self.precision in ("auto", "fp32", "bf16"),
+            f"--precision must be auto, fp32 or bf16, got {self.precision!r}",
+        )
+        _require(self.sample_chars >= 0, f"sample_chars must be >= 0, got {self.sample_chars}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to sample. temperature 0 means greedy (argmax)."""
+
+    length: int = 500
+    temperature: float = 0.8
+    top_k: int = 0  # 0 means off
+    top_p: float = 1.0  # 1 means off
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _require(self.length >= 1, f"--length must be positive, got {self.length}")
+        _require(
+            math.isfinite(self.temperature) and self.temperature >= 0,
+            f"--temperature must be a number >= 0, got {self.temperature}",
+        )
+        _require(self.top_k >= 0, f"--top-k must be >= 0, got {self.top_k}")
+        _require(
+            math.isfinite(self.top_p) and 0 < self.top_p <= 1,
+            f"--top-p must be in (0, 1], got {self.top_p}",
+        )
+        _require(all(self.stop), "stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '20m', '1.5h' or a bare number of seconds -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"cannot read duration {text!r}: use a number with s, m or h, like 90s, 20m, 1.5h")
+    unit = (match.group(2) or "s").lower()
+    return float(match.group(1)) * _UNIT_SECONDS[unit]
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config, ignoring keys a newer version may have added and validating the rest."""
+    known = {f.name for f in fields(cls)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    return cls(**values)

@@ -1,0 +1,97 @@
+"""Token ids -> parallel contiguous streams -> truncated-BPTT windows, with a resumable cursor.
+
+The corpus is cut into B streams that are read side by side, so the hidden state that row b
+ends one window with is the right state to start row b's next window with:
+
+    ids:       a b c d e f g h i j k l m          (N = 13, B = 3, S = (N - 1) // B = 4)
+    inputs:    a b c d | e f g h | i j k l        row b = ids[b*S : (b+1)*S]
+    targets:   b c d e | f g h i | j k l m        the same, shifted by one
+
+Each window takes `seq_len` columns; the last window of an epoch may be shorter, so every
+target token is used exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Cursor:
+    """Where training is in the data: enough to resume at exactly the next window."""
+
+    epoch: int = 0
+    offset: int = 0  # column of the next window
+
+
+class StreamBatches:
+    def __init__(self, ids: Tensor, batch_size: int, seq_len: int) -> None:
+        columns = (len(ids) - 1) // batch_size
+        if columns < 1:
+            raise ValueError("fewer tokens than streams")
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.columns = columns
+        self.inputs = ids[: batch_size * columns].view(batch_size, columns)  # (B, S), compact dtype
+        self.targets = ids[1 : batch_size * columns + 1].view(batch_size, columns)
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return -(-self.columns // self.seq_len)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return self.batch_size * self.columns
+
+    def window(self, cursor: Cursor) -> tuple[Tensor, Tensor, Cursor, bool]:
+        """The window at `cursor`, the cursor after it, and whether it starts a new epoch
+        (in which case the caller must reset the hidden state: the streams start over)."""
+        start = cursor.offset
+        stop = min(start + self.seq_len, self.columns)
+        x = self.inputs[:, start:stop].long()  # (B, T)
+        y = self.targets[:, start:stop].long()
+        nxt = Cursor(cursor.epoch, stop) if stop < self.columns else Cursor(cursor.epoch + 1, 0)
+        return x, y, nxt, start == 0
+
+    def epoch_progress(self, cursor: Cursor) -> float:
+        return cursor.epoch + cursor.offset / self.columns
+
+
+@dataclass
+class EvalStreams:
+    """A held-out text as parallel rows that together predict every token after the first once.
+
+    Row j predicts its own segment; it first reads up to `burn_in` tokens of the segment before
+    (not scored), so it starts with a warmed-up state as if the text were read in one pass.
+    """
+
+    inputs: Tensor  # (B, L) long
+    targets: Tensor  # (B, L) long
+    scored: Tensor  # (B, L) bool
+
+    @classmethod
+    def build(cls, ids: Tensor, rows: int, burn_in: int) -> EvalStreams:
+        n_targets = len(ids) - 1
+        rows = max(1, min(rows, n_targets // max(burn_in, 1)))
+        segment = -(-n_targets // rows)
+        spans = []
+        for j in range(rows):
+            first, last = j * segment, min((j + 1) * segment, n_targets)  # target index range
+            if first >= last:
+                break
+            warm = min(burn_in, first)
+            spans.append((first - warm, last, warm))
+        length = max(last - start for start, last, _ in spans)
+        inputs = torch.zeros(len(spans), length, dtype=torch.long)
+        targets = torch.zeros(len(spans), length, dtype=torch.long)
+        scored = torch.zeros(len(spans), length, dtype=torch.bool)
+        ids = ids.long()
+        for row, (start, last, warm) in enumerate(spans):
+            n = last - start
+            inputs[row, :n] = ids[start:last]
+            targets[row, :n] = ids[start + 1 : last + 1]
+            scored[row, warm:n] = True
+        return cls(inputs, targets, scored)

@@ -1,0 +1,23 @@
+"""One exception family: the CLI turns any of these into a single `Error: ...` line."""
+
+
+class ChargenError(Exception):
+    """A problem the user can fix; the message says what is wrong and what to do."""
+
+    exit_code = 1
+
+
+class CorpusError(ChargenError):
+    pass
+
+
+class CheckpointError(ChargenError):
+    pass
+
+
+class ConfigError(ChargenError):
+    pass
+
+
+class TrainingDiverged(ChargenError):
+    pass

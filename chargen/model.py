@@ -1,0 +1,72 @@
+"""The language model: embedding -> stacked recurrent layers -> output head. No I/O here."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from chargen.config import ModelConfig
+
+# LSTM state is (h, c); GRU and RNN state is h alone. Both are kept as a tuple of tensors,
+# each (layers, batch, hidden), so carrying, detaching and saving state is one code path.
+State = tuple[Tensor, ...]
+
+_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class CharLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.rnn = _CELLS[config.cell](
+            config.embed_dim,
+            config.hidden,
+            num_layers=config.layers,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(config.hidden, config.vocab_size)
+        if config.tie_weights:
+            self.head.weight = self.embed.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.embed.weight, std=0.1)
+        if not self.config.tie_weights:
+            nn.init.normal_(self.head.weight, std=self.config.hidden**-0.5)
+        nn.init.zeros_(self.head.bias)
+        if self.config.cell == "lstm":
+            hidden = self.config.hidden
+            for name, bias in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    # Forget-gate bias 1 (gates are ordered i, f, g, o): remember by default.
+                    with torch.no_grad():
+                        bias.zero_()
+                        bias[hidden : 2 * hidden] = 1.0
+                elif name.startswith("bias_hh"):
+                    nn.init.zeros_(bias)
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
+        shape = (self.config.layers, batch_size, self.config.hidden)
+        count = 2 if self.config.cell == "lstm" else 1
+        return tuple(torch.zeros(shape, device=device) for _ in range(count))
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) -> logits (B, T, V) and the state after the last step."""
+        x = self.drop(self.embed(ids))  # (B, T, E)
+        if state is None:
+            state = self.initial_state(ids.shape[0], ids.device)
+        rnn_state = state if self.config.cell == "lstm" else state[0]
+        out, rnn_state = self.rnn(x, rnn_state)  # (B, T, H)
+        new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
+        return self.head(self.drop(out)), new_state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between windows, or backprop would reach back to the start of the corpus."""
+    return tuple(s.detach() for s in state)

@@ -1,0 +1,75 @@
+"""Training progress on screen: a rich bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from chargen.train import Callbacks, EvalEvent, StepEvent
+
+
+def _fmt(value: float) -> str:
+    return "-" if math.isnan(value) or math.isinf(value) else f"{value:.3f}"
+
+
+class TrainingDisplay(Callbacks):
+    """Bar with step, epoch, train/val bpc, chars/s and ETA; a sample at each evaluation."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.console = console or Console(stderr=False)
+        self.interactive = not quiet and sys.stdout.isatty()
+        self.val_bpc = math.nan
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> TrainingDisplay:
+        if self.interactive:
+            self._progress = Progress(
+                TextColumn("step {task.fields[step]:>6}  epoch {task.fields[epoch]:.2f}"),
+                BarColumn(),
+                TextColumn("train {task.fields[train]}  val {task.fields[val]} bpc"),
+                TextColumn("{task.fields[speed]:>7.0f} chars/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=1.0, step=0, epoch=0.0, train="-", val="-", speed=0.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def on_step(self, event: StepEvent) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task,
+                completed=min(event.fraction_done, 1.0),
+                step=event.step,
+                epoch=event.epoch,
+                train=_fmt(event.train_bpc),
+                val=_fmt(self.val_bpc),
+                speed=event.chars_per_sec,
+            )
+
+    def on_eval(self, event: EvalEvent) -> None:
+        self.val_bpc = event.val_bpc
+        if self.quiet:
+            return
+        mark = " (best)" if event.improved else ""
+        self.console.print(
+            f"step {event.step}  epoch {event.epoch:.2f}  train {_fmt(event.train_bpc)} bpc  "
+            f"val {_fmt(event.val_bpc)} bpc{mark}  eval {event.eval_seconds:.1f}s",
+            highlight=False,
+        )
+        if event.sample:
+            self.console.print(event.sample.rstrip()[:400], style="dim", markup=False, highlight=False)
+
+    def on_message(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, style="yellow", markup=False, highlight=False)

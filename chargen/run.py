@@ -1,0 +1,196 @@
+"""Assemble a training run from what the user asked for: a new run, a resume, or a fine-tune."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chargen.checkpoint import build_model, load_checkpoint
+from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
+from chargen.corpus import ReadOptions, read_corpus, split_validation
+from chargen.device import select_device, select_precision
+from chargen.errors import CheckpointError, ConfigError, CorpusError
+from chargen.evaluate import characters_scored
+from chargen.model import CharLM
+from chargen.tokenizers import CharTokenizer, Tokenizer, train_tokenizer
+from chargen.train import Callbacks, Dataset, Trainer, last_checkpoint_path
+
+# Options a resumed run may change; anything else would make it a different run.
+RESUMABLE = {"max_steps", "max_epochs", "max_time", "eval_every", "patience", "device", "threads", "sample_chars"}
+
+
+@dataclass
+class TrainRequest:
+    corpus: Path
+    out: Path | None = None
+    read: ReadOptions = field(default_factory=ReadOptions)
+    model: dict[str, Any] = field(default_factory=dict)  # only the options the user gave
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    val_file: Path | None = None
+    resume: bool = False
+    init_from: Path | None = None
+    grow_vocab: bool = False
+
+
+def default_out(corpus: Path) -> Path:
+    name = corpus.resolve().name
+    stem = Path(name).stem if corpus.is_file() else name
+    return Path("checkpoints") / f"{stem or 'model'}.pt"
+
+
+def check_writable(path: Path) -> None:
+    """Fail before training, not after an hour of it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargen-probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to {path.parent}: {err.strerror or err}; choose another --out") from None
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file name such as {path / 'model.pt'}")
+
+
+def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Trainer:
+    callbacks = callbacks or Callbacks()
+    out = request.out or default_out(request.corpus)
+    check_writable(out)
+    text = read_corpus(request.corpus, request.read)
+    if request.val_file is not None:
+        train_text, val_text = text, read_corpus(request.val_file, request.read)
+    else:
+        val_frac = request.train.get("val_frac", TrainConfig.val_frac)
+        train_text, val_text = split_validation(text, val_frac)
+    info = {
+        "source": str(request.corpus),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "chars": len(text),
+        "val_source": str(request.val_file) if request.val_file else "tail",
+    }
+
+    resume_payload = None
+    if request.resume:
+        resume_payload = load_checkpoint(last_checkpoint_path(out))
+        if "resume" not in resume_payload:
+            raise CheckpointError(f"{last_checkpoint_path(out)} holds no training state to resume")
+        train_config, model_config = _resumed_configs(resume_payload, request, info)
+        loaded = build_model(resume_payload, last_checkpoint_path(out))
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        train_config = TrainConfig(**request.train)
+        if request.init_from is not None:
+            model, tokenizer = _fine_tune_start(request, text, callbacks)
+            model_config = model.config
+        else:
+            tokenizer = train_tokenizer(train_text, TokenizerConfig(**request.tokenizer))
+            model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **request.model)
+            model = CharLM(model_config)
+
+    train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
+    train_config = _fit_batch(train_config, train_ids, val_ids, train_text, callbacks)
+    data = Dataset(
+        train_ids,
+        val_ids,
+        len(train_text),
+        characters_scored(val_text, tokenizer.decode(val_ids[:1])),
+        info,
+    )
+    device = select_device(train_config.device)
+    dtype = select_precision(train_config.precision, device)
+    if model.config != model_config:
+        raise ConfigError("internal: model config mismatch")
+    return Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, resume_payload)
+
+
+def _resumed_configs(
+    payload: dict[str, Any], request: TrainRequest, info: dict[str, Any]
+) -> tuple[TrainConfig, ModelConfig]:
+    old_train = payload.get("train_config", {})
+    old_model = payload["model_config"]
+    if payload.get("corpus", {}).get("sha256") != info["sha256"]:
+        raise ConfigError(
+            "the corpus has changed since this run started; resume needs the same text "
+            "(start a new run with another --out, or fine-tune with --init-from)"
+        )
+    for given, old in ((request.model, old_model), (request.train, old_train)):
+        for key, value in given.items():
+            if key not in RESUMABLE and old.get(key) != value:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(
+                    f"{flag} {value} differs from the resumed run's {old.get(key)}; a resumed run keeps "
+                    "its shape (drop the option, or start a new run with another --out)"
+                )
+    tokenizer_kind = payload["tokenizer"].get("kind")
+    if request.tokenizer and request.tokenizer.get("kind", tokenizer_kind) != tokenizer_kind:
+        raise ConfigError(f"the resumed run uses the {tokenizer_kind} tokenizer; drop --tokenizer")
+    overrides = {k: v for k, v in request.train.items() if k in RESUMABLE}
+    return from_dict(TrainConfig, {**old_train, **overrides}), from_dict(ModelConfig, old_model)
+
+
+def _fine_tune_start(request: TrainRequest, text: str, callbacks: Callbacks) -> tuple[CharLM, Tokenizer]:
+    assert request.init_from is not None
+    loaded = build_model(load_checkpoint(request.init_from), request.init_from)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if request.model.get("dropout") is not None:
+        config = dataclasses.replace(model.config, dropout=request.model["dropout"])
+        rebuilt = CharLM(config)
+        rebuilt.load_state_dict(model.state_dict())
+        model = rebuilt
+    if isinstance(tokenizer, CharTokenizer):
+        missing = tokenizer.covers(text)
+        if missing and not request.grow_vocab:
+            shown = "".join(missing[:20])
+            raise CorpusError(
+                f"the corpus has {len(missing)} characters the model's vocabulary lacks ({shown!r}); "
+                "pass --grow-vocab to add them"
+            )
+        if missing:
+            grown = CharTokenizer(tokenizer.chars + missing)
+            model = _grow_vocabulary(model, tokenizer, grown)
+            callbacks.on_message(f"vocabulary grew by {len(missing)} characters to {grown.vocab_size}")
+            tokenizer = grown
+    return model, tokenizer
+
+
+def _grow_vocabulary(model: CharLM, old: CharTokenizer, new: CharTokenizer) -> CharLM:
+    """Copy each known character's embedding and output row to its new id; new rows start fresh."""
+    grown = CharLM(dataclasses.replace(model.config, vocab_size=new.vocab_size))
+    state = grown.state_dict()
+    old_state = model.state_dict()
+    new_index = {c: i + 1 for i, c in enumerate(new.chars)}
+    mapping = torch.tensor([0] + [new_index[c] for c in old.chars])  # old id -> new id
+    for key, value in old_state.items():
+        if key in ("embed.weight", "head.weight", "head.bias"):
+            state[key][mapping] = value
+        else:
+            state[key] = value
+    grown.load_state_dict(state)
+    return grown
+
+
+def _fit_batch(
+    config: TrainConfig, train_ids: torch.Tensor, val_ids: torch.Tensor, train_text: str, callbacks: Callbacks
+) -> TrainConfig:
+    """Shrink the batch, visibly, when a small corpus cannot fill it; refuse a corpus below one window."""
+    if len(val_ids) < 2 or len(train_ids) - 1 < config.seq_len:
+        chars_per_token = len(train_text) / max(len(train_ids), 1)
+        minimum = math.ceil((config.seq_len + 2) * chars_per_token / (1 - config.val_frac)) + 2
+        raise CorpusError(
+            f"the corpus is too small: {len(train_text)} training characters; chargen needs at least "
+            f"{minimum} characters with --seq-len {config.seq_len} (use more text or a smaller --seq-len)"
+        )
+    fits = (len(train_ids) - 1) // config.seq_len
+    if fits < config.batch_size:
+        callbacks.on_message(
+            f"the corpus fills only {fits} streams of {config.seq_len} tokens: batch size lowered "
+            f"from {config.batch_size} to {fits}"
+        )
+        return dataclasses.replace(config, batch_size=fits)
+    return config
