@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from chargen import repl_command
 from chargen.config import parse_duration
 from chargen.errors import ChargenError
 
@@ -248,6 +249,10 @@ _NO_TRAIN_OPTIONS: dict[str, Any] = {
     for name, param in __import__("inspect").signature(train).parameters.items()
     if name not in ("corpus", "out", "max_time", "eval_every", "quiet")
 }
+
+
+# Commands that live in their own modules register here, one line each.
+app.command("repl")(repl_command.repl)
 
 
 def main() -> None:

@@ -71,7 +71,7 @@ class TrainConfig:
     seq_len: int = 128
     lr: float = 3e-3
     min_lr_frac: float = 0.05
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     max_steps: int = 0  # 0 means no step budget

@@ -33,7 +33,9 @@ class CharLM(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.normal_(self.embed.weight, std=0.1)
+        # Unit-variance embeddings drive the first layer's gates from step one (a small init
+        # learns markedly slower); a shared matrix must suit the output head, so it starts smaller.
+        nn.init.normal_(self.embed.weight, std=self.config.hidden**-0.5 if self.config.tie_weights else 1.0)
         if not self.config.tie_weights:
             nn.init.normal_(self.head.weight, std=self.config.hidden**-0.5)
         nn.init.zeros_(self.head.bias)

@@ -85,6 +85,7 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
         model, tokenizer = loaded.model, loaded.tokenizer
     else:
         train_config = TrainConfig(**request.train)
+        torch.manual_seed(train_config.seed)  # the model's initial weights follow --seed
         if request.init_from is not None:
             model, tokenizer = _fine_tune_start(request, text, callbacks)
             model_config = model.config
@@ -104,8 +105,6 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     )
     device = select_device(train_config.device)
     dtype = select_precision(train_config.precision, device)
-    if model.config != model_config:
-        raise ConfigError("internal: model config mismatch")
     return Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, resume_payload)
 
 

@@ -57,6 +57,7 @@ class Progress:
 @dataclass
 class StepEvent:
     step: int
+    loss: float  # this step's mean loss, nats per token
     epoch: float
     train_bpc: float
     lr: float
@@ -197,6 +198,10 @@ class Trainer:
         self.progress.step += 1
         return value
 
+    def request_stop(self) -> None:
+        """Finish the current step, save a resumable checkpoint, then raise Interrupted."""
+        self._interrupted = True
+
     def run(self) -> Progress:
         """Train until a budget is used or patience runs out; save best and last checkpoints."""
         previous = self._catch_interrupts()
@@ -226,6 +231,7 @@ class Trainer:
             self.callbacks.on_step(
                 StepEvent(
                     p.step,
+                    loss,
                     self.batches.epoch_progress(p.cursor),
                     train_bpc,
                     self.optimizer.param_groups[0]["lr"],
@@ -372,6 +378,6 @@ class Trainer:
             return None
 
         def handler(signum: int, frame: object) -> None:
-            self._interrupted = True
+            self.request_stop()
 
         return signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,153 @@
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from chargen.checkpoint import load_checkpoint
+from chargen.config import TrainConfig
+from chargen.errors import TrainingDiverged
+from chargen.run import TrainRequest, prepare
+from chargen.train import Callbacks, EvalEvent, Interrupted, StepEvent, lr_at
+
+TINY_MODEL = {"layers": 2, "hidden": 24, "dropout": 0.1}
+
+
+def tiny_train(**overrides: Any) -> dict[str, Any]:
+    options = {
+        "batch_size": 4,
+        "seq_len": 16,
+        "max_steps": 40,
+        "max_time": 0,
+        "eval_every": 10,
+        "warmup_steps": 5,
+        "sample_chars": 0,
+        "precision": "fp32",
+        "lr": 3e-3,
+    }
+    return {**options, **overrides}
+
+
+class Recorder(Callbacks):
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.losses: list[float] = []
+        self.evals: list[EvalEvent] = []
+        self.messages: list[str] = []
+        self.stop_at = stop_at
+        self.trainer: Any = None
+
+    def on_step(self, event: StepEvent) -> None:
+        self.losses.append(event.loss)
+        if event.step == self.stop_at:
+            self.trainer.request_stop()
+
+    def on_eval(self, event: EvalEvent) -> None:
+        self.evals.append(event)
+
+    def on_message(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def start(corpus: Path, out: Path, recorder: Recorder, resume: bool = False, **train: Any):
+    trainer = prepare(
+        TrainRequest(corpus=corpus, out=out, model=TINY_MODEL, train=tiny_train(**train), resume=resume), recorder
+    )
+    recorder.trainer = trainer
+    return trainer
+
+
+def test_loss_falls_and_best_and_last_checkpoints_are_written(corpus_file: Path, tmp_path: Path) -> None:
+    recorder = Recorder()
+    start(corpus_file, tmp_path / "m.pt", recorder, max_steps=80).run()
+    assert sum(recorder.losses[-10:]) / 10 < sum(recorder.losses[:10]) / 10 - 0.5
+    best, last = load_checkpoint(tmp_path / "m.pt"), load_checkpoint(tmp_path / "m.last.pt")
+    assert "resume" not in best and last["resume"]["step"] == 80
+    assert best["metrics"]["best_val_bpc"] == min(e.val_bpc for e in recorder.evals)
+    assert len((tmp_path / "m.metrics.jsonl").read_text().splitlines()) == len(recorder.evals) == 8
+
+
+def test_interrupted_then_resumed_run_equals_a_straight_run(corpus_file: Path, tmp_path: Path) -> None:
+    straight = Recorder()
+    start(corpus_file, tmp_path / "a.pt", straight).run()
+
+    first = Recorder(stop_at=17)  # mid-epoch, between evaluations
+    with pytest.raises(Interrupted, match="interrupted at step 17"):
+        start(corpus_file, tmp_path / "b.pt", first).run()
+    saved = load_checkpoint(tmp_path / "b.last.pt")["resume"]
+    assert saved["step"] == 17 and (saved["epoch"], saved["offset"]) != (0, 0)
+
+    second = Recorder()
+    resumed = start(corpus_file, tmp_path / "b.pt", second, resume=True)
+    assert resumed.progress.step == 17 and resumed.progress.cursor.offset == saved["offset"]
+    resumed.run()
+
+    assert first.losses + second.losses == straight.losses
+    a, b = load_checkpoint(tmp_path / "a.last.pt")["model"], load_checkpoint(tmp_path / "b.last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_changed_shape(corpus_file: Path, tmp_path: Path) -> None:
+    start(corpus_file, tmp_path / "m.pt", Recorder(), max_steps=10).run()
+    with pytest.raises(Exception, match="--batch-size 8 differs from the resumed run's 4"):
+        start(corpus_file, tmp_path / "m.pt", Recorder(), resume=True, batch_size=8)
+
+
+def test_resume_refuses_a_changed_corpus(corpus_file: Path, tmp_path: Path) -> None:
+    start(corpus_file, tmp_path / "m.pt", Recorder(), max_steps=10).run()
+    changed = tmp_path / "changed.txt"
+    changed.write_text(corpus_file.read_text() + "more", encoding="utf-8")
+    with pytest.raises(Exception, match="corpus has changed"):
+        start(changed, tmp_path / "m.pt", Recorder(), resume=True)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor() -> None:
+    config = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_frac=0.1, max_steps=100, max_time=0)
+    assert lr_at(config, 0, 0.0) == pytest.approx(1e-4)
+    assert lr_at(config, 9, 0.09) == pytest.approx(1e-3, rel=0.02)
+    assert lr_at(config, 50, 0.5) == pytest.approx(0.55e-3)
+    assert lr_at(config, 100, 1.0) == pytest.approx(1e-4)
+
+
+def test_time_budget_drives_the_schedule(corpus_file: Path, tmp_path: Path) -> None:
+    trainer = start(corpus_file, tmp_path / "m.pt", Recorder(), max_steps=0, max_time=60)
+    trainer.progress.elapsed = 45
+    assert trainer.fraction_done() == pytest.approx(0.75)
+
+
+def test_early_stopping_after_patience_runs_out(corpus_file: Path, tmp_path: Path) -> None:
+    recorder = Recorder()
+    # A learning rate this large stops improving quickly; patience 1 ends the run at the first bad eval.
+    start(corpus_file, tmp_path / "m.pt", recorder, lr=0.5, warmup_steps=0, max_steps=400, patience=1).run()
+    assert any("stopping early" in m for m in recorder.messages)
+    assert recorder.evals[-1].step < 400 and not recorder.evals[-1].improved
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus_file: Path, tmp_path: Path) -> None:
+    recorder = Recorder()
+    trainer = start(corpus_file, tmp_path / "m.pt", recorder)
+    trainer.run()  # a good checkpoint first
+    before = (tmp_path / "m.last.pt").read_bytes()
+    with torch.no_grad():
+        trainer.model.head.bias.fill_(math.nan)
+    trainer.config = TrainConfig(**{**tiny_train(), "max_steps": 100})
+    with pytest.raises(TrainingDiverged, match=r"not finite 5 steps in a row.*lower --lr"):
+        trainer.run()
+    assert sum("loss not finite" in m for m in recorder.messages) == 4
+    assert (tmp_path / "m.last.pt").read_bytes() == before
+
+
+def test_small_corpus_lowers_the_batch_visibly(tmp_path: Path) -> None:
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("abcdefghij" * 20, encoding="utf-8")
+    recorder = Recorder()
+    trainer = start(corpus, tmp_path / "m.pt", recorder, batch_size=64)
+    assert trainer.config.batch_size == (180 - 1) // 16
+    assert "batch size lowered from 64" in recorder.messages[0]
+
+
+def test_too_small_corpus_gives_the_minimum(tmp_path: Path) -> None:
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("hello", encoding="utf-8")
+    with pytest.raises(Exception, match=r"too small: 4 training characters; chargen needs at least \d+ characters"):
+        start(corpus, tmp_path / "m.pt", Recorder())
