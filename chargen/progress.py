@@ -71,5 +71,8 @@ class TrainingDisplay(Callbacks):
             self.console.print(event.sample.rstrip()[:400], style="dim", markup=False, highlight=False)
 
     def on_message(self, message: str) -> None:
-        if not self.quiet:
+        """Warnings reach the user even with --quiet (then on stderr, out of the way of scripts)."""
+        if self.quiet:
+            print(message, file=sys.stderr)
+        else:
             self.console.print(message, style="yellow", markup=False, highlight=False)

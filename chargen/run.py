@@ -63,36 +63,32 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     out = request.out or default_out(request.corpus)
     check_writable(out)
     text = read_corpus(request.corpus, request.read)
-    if request.val_file is not None:
-        train_text, val_text = text, read_corpus(request.val_file, request.read)
-    else:
-        val_frac = request.train.get("val_frac", TrainConfig.val_frac)
-        train_text, val_text = split_validation(text, val_frac)
     info = {
         "source": str(request.corpus),
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
         "chars": len(text),
         "val_source": str(request.val_file) if request.val_file else "tail",
     }
-
-    resume_payload = None
-    if request.resume:
-        resume_payload = load_checkpoint(last_checkpoint_path(out))
-        if "resume" not in resume_payload:
-            raise CheckpointError(f"{last_checkpoint_path(out)} holds no training state to resume")
-        train_config, model_config = _resumed_configs(resume_payload, request, info)
-        loaded = build_model(resume_payload, last_checkpoint_path(out))
-        model, tokenizer = loaded.model, loaded.tokenizer
+    resume_payload = _load_resumable(last_checkpoint_path(out)) if request.resume else None
+    if resume_payload is not None:
+        train_config = _resumed_config(resume_payload, request, info)
     else:
         train_config = TrainConfig(**request.train)
+    if request.val_file is not None:
+        train_text, val_text = text, read_corpus(request.val_file, request.read)
+    else:
+        train_text, val_text = split_validation(text, train_config.val_frac)
+
+    if resume_payload is not None:
+        loaded = build_model(resume_payload, last_checkpoint_path(out))
+        model, tokenizer = loaded.model, loaded.tokenizer
+    elif request.init_from is not None:
+        torch.manual_seed(train_config.seed)
+        model, tokenizer = _fine_tune_start(request, request.init_from, text, callbacks)
+    else:
         torch.manual_seed(train_config.seed)  # the model's initial weights follow --seed
-        if request.init_from is not None:
-            model, tokenizer = _fine_tune_start(request, text, callbacks)
-            model_config = model.config
-        else:
-            tokenizer = train_tokenizer(train_text, TokenizerConfig(**request.tokenizer))
-            model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **request.model)
-            model = CharLM(model_config)
+        tokenizer = train_tokenizer(train_text, TokenizerConfig(**request.tokenizer))
+        model = CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, **request.model))
 
     train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
     train_config = _fit_batch(train_config, train_ids, val_ids, train_text, callbacks)
@@ -108,9 +104,22 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     return Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, resume_payload)
 
 
-def _resumed_configs(
-    payload: dict[str, Any], request: TrainRequest, info: dict[str, Any]
-) -> tuple[TrainConfig, ModelConfig]:
+def _flag(option: str) -> str:
+    """The command-line flag a config field comes from."""
+    return {"kind": "--tokenizer", "model_type": "--sp-type", "warmup_steps": "--warmup"}.get(
+        option, "--" + option.replace("_", "-")
+    )
+
+
+def _load_resumable(path: Path) -> dict[str, Any]:
+    payload = load_checkpoint(path)
+    if "resume" not in payload:
+        raise CheckpointError(f"{path} holds no training state to resume")
+    return payload
+
+
+def _resumed_config(payload: dict[str, Any], request: TrainRequest, info: dict[str, Any]) -> TrainConfig:
+    """The run's own settings, with only budgets and run-time options taken from the request."""
     old_train = payload.get("train_config", {})
     old_model = payload["model_config"]
     if payload.get("corpus", {}).get("sha256") != info["sha256"]:
@@ -121,21 +130,28 @@ def _resumed_configs(
     for given, old in ((request.model, old_model), (request.train, old_train)):
         for key, value in given.items():
             if key not in RESUMABLE and old.get(key) != value:
-                flag = "--" + key.replace("_", "-")
                 raise ConfigError(
-                    f"{flag} {value} differs from the resumed run's {old.get(key)}; a resumed run keeps "
+                    f"{_flag(key)} {value} differs from the resumed run's {old.get(key)}; a resumed run keeps "
                     "its shape (drop the option, or start a new run with another --out)"
                 )
     tokenizer_kind = payload["tokenizer"].get("kind")
     if request.tokenizer and request.tokenizer.get("kind", tokenizer_kind) != tokenizer_kind:
         raise ConfigError(f"the resumed run uses the {tokenizer_kind} tokenizer; drop --tokenizer")
     overrides = {k: v for k, v in request.train.items() if k in RESUMABLE}
-    return from_dict(TrainConfig, {**old_train, **overrides}), from_dict(ModelConfig, old_model)
+    return from_dict(TrainConfig, {**old_train, **overrides})
 
 
-def _fine_tune_start(request: TrainRequest, text: str, callbacks: Callbacks) -> tuple[CharLM, Tokenizer]:
-    assert request.init_from is not None
-    loaded = build_model(load_checkpoint(request.init_from), request.init_from)
+def _fine_tune_start(
+    request: TrainRequest, init_from: Path, text: str, callbacks: Callbacks
+) -> tuple[CharLM, Tokenizer]:
+    """The other model's weights and tokenizer; its architecture is kept (only dropout may change)."""
+    shape_options = sorted(set(request.model) - {"dropout"}) + sorted(request.tokenizer)
+    if shape_options:
+        flag = "--" + shape_options[0].replace("_", "-")
+        raise ConfigError(
+            f"{flag} cannot change with --init-from: the model's shape and tokenizer come from {init_from}"
+        )
+    loaded = build_model(load_checkpoint(init_from), init_from)
     model, tokenizer = loaded.model, loaded.tokenizer
     if request.model.get("dropout") is not None:
         config = dataclasses.replace(model.config, dropout=request.model["dropout"])
