@@ -7,6 +7,8 @@ The file is a `torch.save` zip holding only tensors and plain Python values, rea
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import tempfile
 import zipfile
@@ -50,12 +52,32 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        disk_error = _os_error(err)
+        if disk_error is not None:
+            reason = disk_error.strerror or disk_error
             raise CheckpointError(
-                f"cannot write checkpoint {path}: {err.strerror or err}; the previous checkpoint is intact"
+                f"cannot write checkpoint {path}: {reason}; the previous checkpoint is intact"
             ) from None
         raise
     _fsync_dir(path.parent)
+    remove_stale_temps(path)
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind `err`. When a write fails inside torch.save, torch's zip writer raises
+    its own RuntimeError ("unexpected pos ...") on the way out, with the disk's error as context."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def remove_stale_temps(path: Path) -> None:
+    """A save killed mid-write (SIGKILL, power loss) leaves its temporary file behind, as large
+    as a checkpoint; the next successful save of the same checkpoint, or the next run writing
+    it, removes it. Only this path's own temporary files: another run may be saving beside it."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _umask() -> int:
@@ -96,21 +118,78 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or hostile files
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # Torch's own wording ("[enforce fail at inline_container.cc:180] ...") means nothing to a user.
+        reason = "it is a zip archive that torch.save did not write"
         if "Unsupported global" in str(err) or "weights_only" in str(err):
             reason = "it contains Python objects other than tensors, which chargen refuses to load"
         raise CheckpointError(f"{path} is not a chargen checkpoint: {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a chargen checkpoint (no chargen format tag)")
-    if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
+    version = payload.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path} has an invalid format version {version!r}: not a chargen checkpoint")
+    if version > VERSION:
         raise CheckpointError(
-            f"{path} has format version {payload.get('version')!r}; this chargen reads up to "
-            f"version {VERSION}: upgrade chargen"
+            f"{path} has format version {version}; this chargen reads up to version {VERSION}: upgrade chargen"
         )
     missing = [key for key in _REQUIRED if key not in payload]
     if missing:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}: not a complete checkpoint")
+    _check_schema(path, payload)
     return payload
+
+
+# Fields and their types; optional ones are checked when present. A file from a stranger (or a
+# hand-edited one) then fails here, naming the field, rather than deep inside the code with an
+# AttributeError.
+_FIELD_TYPES: dict[str, type] = {
+    "model_config": dict,
+    "tokenizer": dict,
+    "model": dict,
+    "metrics": dict,
+    "train_config": dict,
+    "corpus": dict,
+    "resume": dict,
+}
+_RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "optimizer": dict,
+    "step": int,
+    "epoch": int,
+    "offset": int,
+    "elapsed": (int, float),
+    "best_val_bpc": (int, float),
+    "last_val_bpc": (int, float),
+    "evals_without_improvement": int,
+    "rng": torch.Tensor,
+    "hidden": (list, tuple),
+}
+
+
+def _check_schema(path: Path, payload: dict[str, Any]) -> None:
+    for key, kind in _FIELD_TYPES.items():
+        if key in payload and not isinstance(payload[key], kind):
+            found = type(payload[key]).__name__
+            raise CheckpointError(f"{path}: field {key!r} should be a {kind.__name__}, not {found}")
+    for name, value in payload["model"].items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: model weight {name!r} is a {type(value).__name__}, not a tensor")
+    for name, value in payload["metrics"].items():
+        if value is not None and not isinstance(value, (int, float)):
+            raise CheckpointError(f"{path}: metric {name!r} should be a number, not {type(value).__name__}")
+    if "resume" in payload:
+        _check_resume(path, payload["resume"])
+
+
+def _check_resume(path: Path, resume: dict[str, Any]) -> None:
+    missing = [key for key in _RESUME_FIELDS if key not in resume]
+    if missing:
+        raise CheckpointError(f"{path}: the training state lacks {', '.join(missing)}, so it cannot be resumed")
+    for key, kind in _RESUME_FIELDS.items():
+        if not isinstance(resume[key], kind):
+            found = type(resume[key]).__name__
+            raise CheckpointError(f"{path}: the training state's {key!r} has the wrong type ({found})")
+    if resume["rng"].dtype != torch.uint8 or not all(isinstance(s, torch.Tensor) for s in resume["hidden"]):
+        raise CheckpointError(f"{path}: the training state's random-number or hidden state is damaged")
 
 
 @dataclass
@@ -125,6 +204,8 @@ def build_model(payload: dict[str, Any], source: str | Path = "checkpoint") -> L
     try:
         config = from_dict(ModelConfig, payload["model_config"])
         tokenizer = tokenizer_from_state(payload["tokenizer"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{source} has an invalid model_config or tokenizer: {err}") from None
     if tokenizer.vocab_size != config.vocab_size:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from chargen.checkpoint import build_model, load_checkpoint
+from chargen.checkpoint import build_model, load_checkpoint, remove_stale_temps
 from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
 from chargen.corpus import ReadOptions, read_corpus, split_validation
 from chargen.device import select_device, select_precision
@@ -47,10 +47,13 @@ def default_out(corpus: Path) -> Path:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before training, not after an hour of it."""
+    """Fail before training, not after an hour of it. Probe the nearest folder that exists and
+    create nothing, so a run that fails early leaves no empty folder behind (the first save makes it)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargen-probe-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".chargen-probe-"):
             pass
     except OSError as err:
         raise ConfigError(f"cannot write to {path.parent}: {err.strerror or err}; choose another --out") from None
@@ -78,6 +81,8 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
         train_text, val_text = text, read_corpus(request.val_file, request.read)
     else:
         train_text, val_text = split_validation(text, train_config.val_frac)
+    if len(train_text) < 2 or len(val_text) < 2:  # before a tokenizer is trained on nothing
+        raise _too_small(len(train_text), train_config.seq_len, train_config.val_frac, chars_per_token=1.0)
 
     if resume_payload is not None:
         loaded = build_model(resume_payload, last_checkpoint_path(out))
@@ -101,7 +106,31 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     )
     device = select_device(train_config.device)
     dtype = select_precision(train_config.precision, device)
-    return Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, resume_payload)
+    for path in (out, last_checkpoint_path(out)):  # left by a run killed in the middle of a save
+        remove_stale_temps(path)
+    if resume_payload is None:
+        return Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks)
+    source = last_checkpoint_path(out)
+    try:
+        trainer = Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, resume_payload)
+    except (ValueError, KeyError, RuntimeError) as err:  # optimizer.load_state_dict, set_rng_state
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{source}: its training state cannot be restored ({reason})") from None
+    _check_training_state(trainer, source)
+    return trainer
+
+
+def _check_training_state(trainer: Trainer, source: Path) -> None:
+    """The saved hidden state and optimizer moments must fit the model, or the first step of the
+    resumed run would fail with a bare shape error."""
+    expected = [s.shape for s in trainer.model.initial_state(trainer.config.batch_size)]
+    if trainer.state is not None and [s.shape for s in trainer.state] != expected:
+        raise CheckpointError(f"{source}: the saved hidden state does not fit the model and batch size")
+    for group in trainer.optimizer.param_groups:
+        for weight in group["params"]:
+            moments = trainer.optimizer.state.get(weight, {}).values()
+            if any(isinstance(m, torch.Tensor) and m.dim() and m.shape != weight.shape for m in moments):
+                raise CheckpointError(f"{source}: the saved optimizer state does not fit the model's weights")
 
 
 def _flag(option: str) -> str:
@@ -112,6 +141,10 @@ def _flag(option: str) -> str:
 
 
 def _load_resumable(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise CheckpointError(
+            f"nothing to resume: {path} does not exist (train without --resume first, or give the run's --out)"
+        )
     payload = load_checkpoint(path)
     if "resume" not in payload:
         raise CheckpointError(f"{path} holds no training state to resume")
@@ -137,6 +170,12 @@ def _resumed_config(payload: dict[str, Any], request: TrainRequest, info: dict[s
     tokenizer_kind = payload["tokenizer"].get("kind")
     if request.tokenizer and request.tokenizer.get("kind", tokenizer_kind) != tokenizer_kind:
         raise ConfigError(f"the resumed run uses the {tokenizer_kind} tokenizer; drop --tokenizer")
+    vocab_size = request.tokenizer.get("vocab_size")
+    if tokenizer_kind == "sentencepiece" and vocab_size is not None and vocab_size != old_model.get("vocab_size"):
+        raise ConfigError(
+            f"--vocab-size {vocab_size} differs from the resumed run's {old_model.get('vocab_size')}; "
+            "a resumed run keeps its tokenizer (drop the option, or start a new run with another --out)"
+        )
     overrides = {k: v for k, v in request.train.items() if k in RESUMABLE}
     return from_dict(TrainConfig, {**old_train, **overrides})
 
@@ -196,11 +235,7 @@ def _fit_batch(
     """Shrink the batch, visibly, when a small corpus cannot fill it; refuse a corpus below one window."""
     if len(val_ids) < 2 or len(train_ids) - 1 < config.seq_len:
         chars_per_token = len(train_text) / max(len(train_ids), 1)
-        minimum = math.ceil((config.seq_len + 2) * chars_per_token / (1 - config.val_frac)) + 2
-        raise CorpusError(
-            f"the corpus is too small: {len(train_text)} training characters; chargen needs at least "
-            f"{minimum} characters with --seq-len {config.seq_len} (use more text or a smaller --seq-len)"
-        )
+        raise _too_small(len(train_text), config.seq_len, config.val_frac, chars_per_token)
     fits = (len(train_ids) - 1) // config.seq_len
     if fits < config.batch_size:
         callbacks.on_message(
@@ -209,3 +244,11 @@ def _fit_batch(
         )
         return dataclasses.replace(config, batch_size=fits)
     return config
+
+
+def _too_small(train_chars: int, seq_len: int, val_frac: float, chars_per_token: float) -> CorpusError:
+    minimum = math.ceil((seq_len + 2) * chars_per_token / (1 - val_frac)) + 2
+    return CorpusError(
+        f"the corpus is too small: {train_chars} training characters; chargen needs at least "
+        f"{minimum} characters with --seq-len {seq_len} (use more text or a smaller --seq-len)"
+    )

@@ -65,6 +65,8 @@ class CharTokenizer:
         return cls("".join(set(text)))
 
     def encode(self, text: str) -> torch.Tensor:
+        if not self.chars:  # an empty vocabulary: everything is unknown (and searchsorted has nothing to index)
+            return torch.zeros(len(text), dtype=self.dtype)
         out = torch.empty(len(text), dtype=self.dtype)
         last = len(self.chars) - 1
         for start in range(0, len(text), _ENCODE_CHUNK):
@@ -196,7 +198,15 @@ def train_tokenizer(text: str, config: TokenizerConfig) -> Tokenizer:
 def tokenizer_from_state(state: dict[str, Any]) -> Tokenizer:
     kind = state.get("kind")
     if kind == "char":
+        if not isinstance(state.get("chars"), str):
+            raise CheckpointError("the checkpoint's character tokenizer has no character list")
         return CharTokenizer(state["chars"])
     if kind == "sentencepiece":
-        return SentencePieceTokenizer(bytes(state["model"].tolist()))
+        model = state.get("model")
+        if not isinstance(model, torch.Tensor) or model.dtype != torch.uint8:
+            raise CheckpointError("the checkpoint's SentencePiece tokenizer has no model")
+        try:
+            return SentencePieceTokenizer(bytes(model.tolist()))
+        except RuntimeError:  # sentencepiece's own message is a C++ source location
+            raise CheckpointError("the checkpoint's SentencePiece model is damaged") from None
     raise CheckpointError(f"unknown tokenizer kind {kind!r} in the checkpoint")

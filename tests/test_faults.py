@@ -1,0 +1,265 @@
+"""Faults while training: SIGKILL at random moments, a disk that fills or turns read-only during a
+save, a write that fails half-way, and Ctrl-C pressed again while the interrupted run saves.
+
+The first Ctrl-C itself (finish the step, save, say where, exit 130, resume) is
+test_cli_train::test_ctrl_c_saves_a_checkpoint_that_resumes.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import chargen.checkpoint
+from chargen.checkpoint import load_checkpoint, load_model, save_checkpoint
+from chargen.errors import CheckpointError
+from chargen.progress import TrainingDisplay
+
+from .test_reliability import TINY, assert_clear_error, run_cli
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_kill_stress() -> Any:
+    spec = importlib.util.spec_from_file_location("kill_stress", BENCHMARKS / "kill_stress.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kill_stress"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob(".*.tmp"))
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+# --- SIGKILL -----------------------------------------------------------------------------------
+
+
+def test_sigkill_at_random_moments_never_loses_the_run(tmp_path: Path) -> None:
+    """Three kills of a real `chargen train` (the stress script runs twenty): after each, the last
+    checkpoint loads; the resumed run ends with the weights of a run never interrupted."""
+    report = load_kill_stress().run(kills=3, workdir=tmp_path, seed=1, echo=False)
+    problems = [k.problem for k in report.kills if not k.recovered]
+    assert report.recovered == 3, problems
+    assert report.final_ok, report.final_problem
+
+
+# --- a full disk, a read-only folder, a failing write ------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MB filesystem (tmpfs) that the test can fill up or make read-only."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:  # not root: test_a_write_that_fails_half_way_* simulates this instead
+        pytest.skip(f"mounting a tmpfs needs root: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill(folder: Path) -> None:
+    """Use up every free byte of the filesystem holding `folder`."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC
+
+
+def after_first_evaluation(monkeypatch: pytest.MonkeyPatch, fault: Any) -> dict[str, bytes]:
+    """Run `fault` once, right after the first evaluation's checkpoints are written; returns
+    what the folder held at that moment."""
+    snapshot: dict[str, bytes] = {}
+    on_eval = TrainingDisplay.on_eval
+
+    def then_fault(self: TrainingDisplay, event: Any) -> None:
+        on_eval(self, event)
+        if not snapshot:
+            snapshot.update(fault())
+
+    monkeypatch.setattr(TrainingDisplay, "on_eval", then_fault)
+    return snapshot
+
+
+def test_full_disk_during_a_save_stops_with_one_line_and_keeps_the_checkpoint(
+    small_disk: Path, corpus_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_fills() -> dict[str, bytes]:
+        before = contents(small_disk)
+        fill(small_disk)
+        return before
+
+    before = after_first_evaluation(monkeypatch, disk_fills)
+    out = small_disk / "m.pt"
+    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *TINY, "--max-steps", "40", "--eval-every", "5",
+                      "--out", out, "--quiet")  # fmt: skip
+    assert_clear_error(outcome, "cannot write checkpoint", "No space left on device", "previous checkpoint is intact")
+    assert set(before) == {"m.pt", "m.last.pt", "m.metrics.jsonl"}
+    after = contents(small_disk)
+    assert {name: after[name] for name in before} == before  # byte-identical
+    assert load_checkpoint(out.with_name("m.last.pt"))["resume"]["step"] == 5
+    assert temp_files(small_disk) == []
+
+
+def test_read_only_folder_during_a_save_stops_with_one_line_and_keeps_the_checkpoint(
+    small_disk: Path, corpus_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # chmod does not stop root, so the filesystem itself turns read-only.
+    def remount_read_only() -> dict[str, bytes]:
+        before = contents(small_disk)
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        return before
+
+    before = after_first_evaluation(monkeypatch, remount_read_only)
+    out = small_disk / "m.pt"
+    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *TINY, "--max-steps", "40", "--eval-every", "5",
+                      "--out", out, "--quiet")  # fmt: skip
+    assert_clear_error(outcome, f"cannot write a checkpoint in {small_disk}: Read-only file system", "another --out")
+    assert contents(small_disk) == before and len(before) == 3
+    assert load_model(out.with_name("m.last.pt")).payload["resume"]["step"] == 5
+
+
+class FailingFile(io.RawIOBase):
+    """The real file, until `limit` bytes have gone to it: then ENOSPC, as from a full disk."""
+
+    def __init__(self, real: Any, limit: int) -> None:
+        self.real, self.limit, self.written = real, limit, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.written + len(data) > self.limit:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.written += len(data)
+        return self.real.write(data)
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()  # flushes first
+            self.real.close()
+
+
+def test_a_write_that_fails_half_way_keeps_the_previous_checkpoint(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same fault simulated at the file-write layer: runs without root, and fails mid-file."""
+    target = tmp_path / "m.pt"
+    payload = load_checkpoint(tiny_checkpoint)
+    save_checkpoint(target, payload)
+    before = target.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(
+        chargen.checkpoint.os, "fdopen", lambda fd, mode: FailingFile(real_fdopen(fd, mode), len(before) // 2)
+    )
+    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint is intact"):
+        save_checkpoint(target, payload)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_a_metrics_log_that_cannot_be_written_is_one_line(
+    tmp_path: Path, corpus_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "m.metrics.jsonl").mkdir()  # the log's name taken by a folder: its append fails
+    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *TINY, "--max-steps", "5", "--out",
+                      tmp_path / "m.pt", "--quiet")  # fmt: skip
+    assert_clear_error(outcome, "Is a directory", "m.metrics.jsonl")
+    assert load_checkpoint(tmp_path / "m.last.pt")["resume"]["step"] == 5
+
+
+# --- Ctrl-C twice ------------------------------------------------------------------------------
+
+# `chargen train` with two marks for the test: a file touched once training has started, and a
+# torch.save slowed down (after writing, before the fsync and rename) so a signal can land in it.
+SLOW_SAVE = """
+import pathlib, sys, time
+import torch
+import chargen.train
+
+started, saving = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+real_save, real_step = torch.save, chargen.train.Trainer.train_step
+
+def slow_save(obj, f, *args, **kwargs):
+    real_save(obj, f, *args, **kwargs)
+    saving.touch()
+    time.sleep(2.0)
+
+def step(self):
+    started.touch()
+    return real_step(self)
+
+torch.save = slow_save
+chargen.train.Trainer.train_step = step
+sys.argv = ["chargen", *sys.argv[3:]]
+from chargen.cli import main
+main()
+"""
+
+
+def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+
+
+def test_a_second_ctrl_c_during_the_save_is_ignored(tmp_path: Path, corpus_file: Path) -> None:
+    out = tmp_path / "m.pt"
+    started, saving = tmp_path / "started", tmp_path / "saving"
+    args = ["train", str(corpus_file), *TINY, "--max-steps", "100000", "--eval-every", "100000", "--out", str(out)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE, str(started), str(saving), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(started, process)
+        process.send_signal(signal.SIGINT)  # finish the step, then save
+        wait_for(saving, process)  # the checkpoint is half written
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: interrupted at step "), stderr
+    step = int(lines[0].split("interrupted at step ")[1].split(";")[0])
+    assert f"saved {out.with_name('m.last.pt')}" in lines[0] and "--resume" in lines[0]
+    assert load_model(out.with_name("m.last.pt")).payload["resume"]["step"] == step
+    assert temp_files(tmp_path) == []
