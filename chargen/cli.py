@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from chargen import repl_command
+from chargen import repl_command, sample_command
 from chargen.config import parse_duration
 from chargen.errors import ChargenError
 
@@ -253,6 +253,7 @@ _NO_TRAIN_OPTIONS: dict[str, Any] = {
 
 # Commands that live in their own modules register here, one line each.
 app.command("repl")(repl_command.repl)
+app.command("sample")(sample_command.sample)
 
 
 def main() -> None:
@@ -274,6 +275,11 @@ def main() -> None:
         # The reader (e.g. `head`) went away: stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except OSError as err:
+        # The machine failed rather than the input (a disk filled while writing the metrics log, a
+        # folder vanished): what and where, in one line.
+        where = f": {err.filename}" if err.filename else ""
+        _fail(f"{err.strerror or err}{where}", 1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -1,26 +1,36 @@
 """The one sampler behind the CLI, the REPL and the Python API.
 
 The model reads each priming text to build its state, then extends every stream one token per
-step, all streams in one batched forward pass. Each stream draws its random numbers from its own
-generator, seeded from (seed, stream index), so stream i produces the same text whether it runs
-alone or inside a batch.
+step, all streams in one batched step (chargen.inference). Each stream draws its random numbers
+from its own generator, seeded from (seed, stream index), so stream i produces the same text
+whether it runs alone or inside a batch.
+
+Two ways to run the same steps: `stream` decodes after every token (for text shown as it is
+written, and for callers that go on from the context), `completions` decodes blocks of tokens at
+once and drops finished streams from the batch (for text wanted whole). Both draw the same
+tokens.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from chargen.config import SampleConfig
+from chargen.inference import make_stepper
 from chargen.model import CharLM, State
 from chargen.tokenizers import Tokenizer
 
 _RANDOM_BLOCK = 256  # uniforms drawn per stream at a time
+_DECODE_BLOCK = 64  # steps between decodes when nothing is streamed
+MAX_BATCH = 256  # streams stepped together; more are run in successive batches
 
 
 @dataclass
@@ -40,20 +50,32 @@ def stream_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def fresh_seed() -> int:
+    """A random seed for unseeded runs, small enough to type back in with --seed."""
+    return secrets.randbelow(1 << 31)
+
+
 class StreamRandom:
     """Per-stream uniform numbers, drawn in blocks so a step costs no Python loop over streams."""
 
-    def __init__(self, seed: int, streams: int, first_index: int = 0) -> None:
+    def __init__(self, seed: int, streams: int, first_index: int = 0, device: torch.device | str = "cpu") -> None:
         self._generators = [torch.Generator().manual_seed(stream_seed(seed, first_index + i)) for i in range(streams)]
-        self._block = torch.empty(streams, 0)
+        self._device = device
+        self._block = torch.empty(0, streams, 1, device=device)  # (steps, streams, 1)
         self._used = 0
 
     def next(self) -> Tensor:
-        if self._used == self._block.shape[1]:
-            self._block = torch.stack([torch.rand(_RANDOM_BLOCK, generator=g) for g in self._generators])
+        if self._used == self._block.shape[0]:
+            block = torch.stack([torch.rand(_RANDOM_BLOCK, generator=g) for g in self._generators], dim=1)
+            self._block = block.to(self._device)[:, :, None]
             self._used = 0
         self._used += 1
-        return self._block[:, self._used - 1]  # (B,)
+        return self._block[self._used - 1]  # (B, 1)
+
+    def select(self, keep: Tensor) -> None:
+        """Keep only the streams at positions `keep` (their sequences go on unchanged)."""
+        self._generators = [self._generators[i] for i in keep.tolist()]
+        self._block = self._block[:, keep.to(self._block.device)]
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -72,18 +94,26 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
-def choose(logits: Tensor, config: SampleConfig, uniforms: Tensor) -> tuple[Tensor, Tensor]:
-    """Next token per stream and the probability the (tempered, filtered) distribution gave it."""
+def choose(
+    logits: Tensor, config: SampleConfig, uniforms: Tensor | None, with_probs: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """Next token per stream and (if asked) the probability the tempered, filtered distribution
+    gave it. uniforms: (B, 1), one per stream; greedy needs none."""
     logits = logits.float()
     if config.greedy:
-        probs = logits.softmax(dim=-1)
         token = logits.argmax(dim=-1)
-        return token, probs.gather(-1, token[:, None])[:, 0]
-    probs = filter_logits(logits / config.temperature, config.top_k, config.top_p).softmax(dim=-1)
+        return token, logits.softmax(dim=-1).gather(-1, token[:, None])[:, 0] if with_probs else None
+    assert uniforms is not None
+    temperature = config.temperature
+    if temperature < 1e-3:  # dividing could overflow to inf (inf - inf = NaN): shift the likeliest to 0
+        logits = logits - logits.amax(dim=-1, keepdim=True)
+        temperature = max(temperature, 1e-30)  # and never divide by a float32 zero
+    probs = filter_logits(logits / temperature, config.top_k, config.top_p).softmax(dim=-1)
     cdf = probs.cumsum(dim=-1)  # inverse-CDF sampling: one uniform per stream, fully vectorised
-    token = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0]
-    token = token.clamp_(max=probs.shape[-1] - 1)
-    return token, probs.gather(-1, token[:, None])[:, 0]
+    vocab = probs.shape[-1]
+    token = torch.searchsorted(cdf, uniforms * cdf.narrow(1, vocab - 1, 1), right=True).view(-1)
+    token = token.clamp_(max=vocab - 1)
+    return token, probs.gather(-1, token[:, None])[:, 0] if with_probs else None
 
 
 @dataclass
@@ -96,15 +126,18 @@ class _Output:
     emitted: int = 0
     pending: str = ""
     done: bool = False
+    stopped: bool = False  # ended by a stop string rather than by the length
 
     def feed(self, data: bytes) -> str:
+        """New bytes (one token's or many) -> the text now certain to be part of the output."""
         if self.done:
             return ""
         self.pending += self.decoder.decode(data)
         for stop in self.stops:
             at = self.pending.find(stop)
-            if at >= 0:
-                self.pending, self.done = self.pending[:at], True
+            # A stop that would start past the length limit never happens: the length ends first.
+            if 0 <= at < self.length - self.emitted:
+                self.pending, self.done, self.stopped = self.pending[:at], True, True
         hold = 0 if self.done else self._held_back()
         ready = self.pending[: len(self.pending) - hold]
         ready = ready[: self.length - self.emitted]
@@ -126,62 +159,200 @@ class _Output:
         self.emitted += len(rest)
         return rest
 
+    def remaining(self) -> int:
+        """Characters still to produce before the length is reached."""
+        return self.length - self.emitted - len(self.pending)
+
 
 @dataclass
 class Step:
     texts: list[str]  # new text per stream (may be empty)
-    probs: Tensor  # (B,) probability of the token each stream just drew
+    probs: Tensor  # (B,) probability of the token each stream just drew (0 for finished streams)
+
+
+@dataclass
+class Completion:
+    text: str  # the continuation, without the priming text
+    stopped: bool  # ended by a stop string (else by the length)
+
+
+class _Run:
+    """Streams being extended: the stepper's state for the rows still running, their random
+    numbers and their decoded text. Finished rows leave the batch."""
+
+    def __init__(self, sampler: Sampler, context: Context, config: SampleConfig, first_index: int) -> None:
+        self.sampler, self.config = sampler, config
+        size = context.batch_size
+        self.rows = torch.arange(size, device=sampler.device)  # context rows still running
+        self.inner = sampler.stepper.enter(context.state)
+        self.logits = context.logits
+        seed = config.seed if config.seed is not None else fresh_seed()
+        self.random = None if config.greedy else StreamRandom(seed, size, first_index, sampler.device)
+        self.outputs = [_Output(config.length, config.stop) for _ in range(size)]
+        self.texts: list[list[str]] = [[] for _ in range(size)]
+
+    @property
+    def finished(self) -> bool:
+        return len(self.rows) == 0
+
+    def advance(self, steps: int, with_probs: bool) -> tuple[list[str], Tensor | None]:
+        """Run `steps` steps for every running row; returns each running row's new text (and
+        the probability of each token when one step is taken)."""
+        stepper, config = self.sampler.stepper, self.config
+        logits, inner = self.logits, self.inner
+        tokens, probs = [], None
+        for _ in range(steps):
+            uniforms = self.random.next() if self.random is not None else None
+            token, probs = choose(logits, config, uniforms, with_probs)
+            tokens.append(token)
+            logits, inner = stepper.step(token, inner)
+        self.logits, self.inner = logits, inner
+        token_bytes = self.sampler.tokenizer.token_bytes
+        texts = []
+        for row, ids in zip(self.rows.tolist(), torch.stack(tokens, dim=1).tolist()):  # one host sync
+            text = self.outputs[row].feed(b"".join([token_bytes[i] for i in ids]))
+            self.texts[row].append(text)
+            texts.append(text)
+        return texts, probs
+
+    def next_block(self) -> int:
+        """Steps until the furthest-behind running stream could reach its length."""
+        per_token = self.sampler.max_token_chars
+        need = max(self.outputs[row].remaining() for row in self.rows.tolist())
+        return max(1, min(_DECODE_BLOCK, -(-need // per_token)))
+
+    def drop_finished(self) -> None:
+        """Remove finished rows from the batch: the others run on without paying for them."""
+        keep = [k for k, row in enumerate(self.rows.tolist()) if not self.outputs[row].done]
+        if len(keep) == len(self.rows):
+            return
+        keep_t = torch.tensor(keep, dtype=torch.long, device=self.rows.device)
+        self.rows = self.rows[keep_t]
+        self.inner = [t[keep_t] for t in self.inner]
+        self.logits = self.logits[keep_t]
+        if self.random is not None:
+            self.random.select(keep_t)
+
+    def store(self, context: Context) -> None:
+        """Write the running rows' state and logits into the full-size context."""
+        state = self.sampler.stepper.leave(self.inner)
+        if len(self.rows) == context.batch_size:
+            context.state, context.logits = state, self.logits
+            return
+        context.state = tuple(full.index_copy(1, self.rows, part) for full, part in zip(context.state, state))
+        context.logits = context.logits.index_copy(0, self.rows, self.logits)
 
 
 class Sampler:
-    def __init__(self, model: CharLM, tokenizer: Tokenizer, device: torch.device | str = "cpu") -> None:
+    """Sampling from one model. The weights are copied into the fast step's layout once, here:
+    build a new Sampler after changing the model."""
+
+    def __init__(
+        self,
+        model: CharLM,
+        tokenizer: Tokenizer,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        self.stepper = make_stepper(model, self.device, precision)
+        self.precision = self.stepper.precision
         start = tokenizer.encode("\n")
         self._start_id = int(start[-1]) if len(start) else 0
+        self.max_token_chars = max(1, max(len(b.decode("utf-8", "replace")) for b in tokenizer.token_bytes))
 
     @torch.inference_mode()
     def read(self, texts: Sequence[str], context: Context | None = None) -> Context:
-        """Feed one text per stream; with no context, an empty text starts as if after a newline."""
-        states, logits = [], []
-        for i, text in enumerate(texts):
-            ids = self.tokenizer.encode(text).long()
-            if context is None:
-                state = None
-                if len(ids) == 0:
-                    ids = torch.tensor([self._start_id])
-            else:
-                state = tuple(s[:, i : i + 1] for s in context.state)
-                if len(ids) == 0:
-                    states.append(state)
-                    logits.append(context.logits[i : i + 1])
-                    continue
-            out, state = self.model(ids[None].to(self.device), state)
-            states.append(state)
-            logits.append(out[:, -1])
-        return Context(tuple(torch.cat(parts, dim=1) for parts in zip(*states)), torch.cat(logits))
+        """Feed one text per stream; with no context, an empty text starts as if after a newline.
+        Identical texts from the fresh state are read once; texts of different lengths are read
+        together in one packed pass."""
+        if not texts:
+            raise ValueError("read() needs at least one text (one per stream)")
+        if context is None:
+            distinct = {text: n for n, text in enumerate(dict.fromkeys(texts))}
+            state, logits = self._forward([self._ids(text) for text in distinct], None)
+            where = torch.tensor([distinct[text] for text in texts], dtype=torch.long, device=self.device)
+            return Context(tuple(s[:, where] for s in state), logits[where])
+        rows = [i for i, text in enumerate(texts) if text]
+        if not rows:
+            return Context(context.state, context.logits)
+        index = torch.tensor(rows, device=self.device)
+        state, logits = self._forward(
+            [self._ids(texts[i]) for i in rows], tuple(s[:, index].contiguous() for s in context.state)
+        )
+        return Context(
+            tuple(full.index_copy(1, index, part) for full, part in zip(context.state, state)),
+            context.logits.index_copy(0, index, logits.to(context.logits.dtype)),
+        )
+
+    def _ids(self, text: str) -> Tensor:
+        ids = self.tokenizer.encode(text).long()
+        return ids if len(ids) else torch.tensor([self._start_id])  # a text that encodes to nothing
+
+    def _forward(self, ids: list[Tensor], state: State | None) -> tuple[State, Tensor]:
+        """Read a batch of token sequences -> the state after each one's last token, and the
+        logits there (B, V)."""
+        # oneDNN's LSTM (torch's CPU default) spends ~10 ms per layer and call setting itself up,
+        # more than the whole read of a typical priming text takes without it.
+        mkldnn = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False  # (its `flags` context manager warns about TF32)
+        try:
+            return self._forward_rnn(ids, state)
+        finally:
+            torch.backends.mkldnn.enabled = mkldnn
+
+    def _forward_rnn(self, ids: list[Tensor], state: State | None) -> tuple[State, Tensor]:
+        model = self.model
+        lengths = [len(x) for x in ids]
+        if len(set(lengths)) == 1:
+            out, state = model(torch.stack(ids).to(self.device), state)
+            return state, out[:, -1].float()
+        # Different lengths in one pass: packed, so each row's state is taken at its own last token.
+        if state is None:
+            state = model.initial_state(len(ids), self.device)
+        lengths_t = torch.tensor(lengths)
+        padded = pad_sequence(ids, batch_first=True).to(self.device)  # (B, T)
+        packed = pack_padded_sequence(model.embed(padded), lengths_t, batch_first=True, enforce_sorted=False)
+        out, rnn_state = model.rnn(packed, state if model.config.cell == "lstm" else state[0])
+        out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T, H)
+        last = out[torch.arange(len(ids)), lengths_t - 1]
+        new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
+        return new_state, model.head(last).float()
 
     @torch.inference_mode()
     def stream(self, context: Context, config: SampleConfig, first_index: int = 0) -> Iterator[Step]:
-        """Extend every stream of `context` (updated in place) until each has `length` characters
-        or hit a stop string. Yields each step's new text."""
-        seed = config.seed if config.seed is not None else 0
-        random = StreamRandom(seed, context.batch_size, first_index)
-        outputs = [_Output(config.length, config.stop) for _ in range(context.batch_size)]
-        token_bytes = self.tokenizer.token_bytes
-        while not all(o.done for o in outputs):
-            token, probs = choose(context.logits, config, random.next().to(self.device))
-            texts = [o.feed(token_bytes[t]) for o, t in zip(outputs, token.tolist())]
-            out, context.state = self.model(token[:, None], context.state)
-            context.logits = out[:, -1]
-            yield Step(texts, probs)
+        """Extend every stream of `context` until each has `length` characters or hit a stop
+        string, yielding each step's new text. The context is updated in place at every step;
+        a finished stream's state stays at its last token."""
+        run = _Run(self, context, config, first_index)
+        while not run.finished:
+            rows = run.rows
+            texts, probs = run.advance(1, with_probs=True)
+            assert probs is not None
+            run.store(context)
+            step = Step([""] * context.batch_size, torch.zeros(context.batch_size, device=probs.device))
+            for row, text in zip(rows.tolist(), texts):
+                step.texts[row] = text
+            step.probs[rows] = probs
+            run.drop_finished()
+            yield step
+
+    @torch.inference_mode()
+    def completions(self, primes: Sequence[str], config: SampleConfig, first_index: int = 0) -> Iterator[Completion]:
+        """The continuation of each priming text, in order, decoding in blocks; MAX_BATCH
+        streams at a time, each batch's results yielded as soon as it is done. Stream i of the
+        call is stream first_index + i of the seed."""
+        if config.seed is None:  # one seed for every batch, so they are distinct streams of it
+            config = replace(config, seed=fresh_seed())
+        for start in range(0, len(primes), MAX_BATCH):
+            run = _Run(self, self.read(primes[start : start + MAX_BATCH]), config, first_index + start)
+            while not run.finished:
+                run.advance(run.next_block(), with_probs=False)
+                run.drop_finished()
+            yield from (Completion("".join(t), o.stopped) for t, o in zip(run.texts, run.outputs))
 
     def generate(self, primes: Sequence[str], config: SampleConfig, first_index: int = 0) -> list[str]:
         """The continuation of each priming text (without the prime)."""
-        context = self.read(primes)
-        pieces: list[list[str]] = [[] for _ in primes]
-        for step in self.stream(context, config, first_index):
-            for parts, text in zip(pieces, step.texts):
-                parts.append(text)
-        return ["".join(parts) for parts in pieces]
+        return [c.text for c in self.completions(primes, config, first_index)]

@@ -1,0 +1,173 @@
+"""Training throughput: chargen's training step against plain PyTorch loops, in the same process.
+
+    python benchmarks/throughput.py                 # torch's default threads
+    python benchmarks/throughput.py --threads 1 --rounds 5
+
+Fixed configuration: 2×512 LSTM, batch 64, sequence 128, the tinyshakespeare character
+vocabulary (../shared/corpora, else a built-in text repeated). The references are what a plain
+training loop does: nn.Embedding -> nn.LSTM -> nn.Linear, AdamW, gradient clipping, the hidden
+state carried and detached; once in fp32 and once under torch.autocast("cpu", torch.bfloat16).
+Variants run in alternating rounds and each figure is the median, so a busy neighbour process
+hurts all of them alike. FLOP/s are counted exactly (forward matmuls ×3 for forward + backward)
+and compared with a bf16 and an fp32 matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
+BATCH, SEQ, HIDDEN, LAYERS = 64, 128, 512, 2
+
+
+def corpus_text() -> str:
+    if SHAKESPEARE.is_file():
+        return SHAKESPEARE.read_text(encoding="utf-8")
+    return "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 4000
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Reference(nn.Module):
+    def __init__(self, vocab: int, embed: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, HIDDEN, LAYERS, batch_first=True)
+        self.head = nn.Linear(HIDDEN, vocab)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, tuple]:
+        out, state = self.lstm(self.embed(x), state)
+        return self.head(out), state
+
+
+def reference_step(ids: torch.Tensor, vocab: int, embed: int, bf16: bool) -> Callable[[], None]:
+    """A plain TBPTT step over contiguous streams, the way most char-rnn ports write it."""
+    model = Reference(vocab, embed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    columns = (len(ids) - 1) // BATCH
+    inputs = ids[: BATCH * columns].view(BATCH, columns).long()
+    targets = ids[1 : BATCH * columns + 1].view(BATCH, columns).long()
+    position = {"offset": 0, "state": None}
+
+    def step() -> None:
+        start = position["offset"]
+        if start + SEQ > columns:
+            start, position["state"] = 0, None
+        x, y = inputs[:, start : start + SEQ], targets[:, start : start + SEQ]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits, state = model(x, position["state"])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        position["offset"], position["state"] = start + SEQ, tuple(s.detach() for s in state)
+
+    return step
+
+
+def chargen_step(corpus: Path, out: Path, embed: int) -> tuple[Callable[[], None], str]:
+    from chargen.run import TrainRequest, prepare
+
+    trainer = prepare(
+        TrainRequest(
+            corpus=corpus,
+            out=out,
+            model={"layers": LAYERS, "hidden": HIDDEN, "embed": embed},
+            train={"batch_size": BATCH, "seq_len": SEQ, "max_steps": 10**9, "max_time": 0},
+        )
+    )
+    precision = "bf16" if trainer.dtype is not None else "fp32"
+    return trainer.train_step, precision
+
+
+def flops_per_char(vocab: int, embed: int) -> float:
+    forward = sum(2 * 4 * HIDDEN * ((embed if layer == 0 else HIDDEN) + HIDDEN) for layer in range(LAYERS))
+    forward += 2 * HIDDEN * vocab
+    return 3 * forward  # backward costs about twice the forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
+    parser.add_argument("--embed", type=int, default=0, help="embedding size (0 = chargen's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    from chargen.config import ModelConfig
+    from chargen.tokenizers import CharTokenizer
+
+    text = corpus_text()
+    tokenizer = CharTokenizer.train(text)
+    ids = tokenizer.encode(text)
+    embed = args.embed or ModelConfig(vocab_size=tokenizer.vocab_size, hidden=HIDDEN).embed_dim
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text(text, encoding="utf-8")
+        ours, precision = chargen_step(corpus, Path(tmp) / "bench.pt", embed)
+        variants = {
+            "reference fp32": reference_step(ids, tokenizer.vocab_size, embed, bf16=False),
+            "reference bf16 autocast": reference_step(ids, tokenizer.vocab_size, embed, bf16=True),
+            f"chargen ({precision})": ours,
+        }
+        for step in variants.values():  # warm up: oneDNN primitives, allocator
+            step()
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, step in variants.items():
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                times[name].append((time.perf_counter() - start) / args.steps)
+
+    peak_bf16, peak_fp32 = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
+    per_char = flops_per_char(tokenizer.vocab_size, embed)
+    chars_per_step = BATCH * SEQ
+    print(
+        f"2×{HIDDEN} LSTM, embed {embed}, vocab {tokenizer.vocab_size}, batch {BATCH}×{SEQ}, "
+        f"threads {torch.get_num_threads()}, {args.rounds} rounds × {args.steps} steps"
+    )
+    print(f"matmul peak (2048³): bf16 {peak_bf16 / 1e12:.2f} TFLOP/s, fp32 {peak_fp32 / 1e12:.2f} TFLOP/s")
+    speed = {name: chars_per_step / statistics.median(t) for name, t in times.items()}
+    reference = speed["reference bf16 autocast"]
+    for name, chars in speed.items():
+        tflops = chars * per_char / 1e12
+        peak = peak_bf16 if "fp32" not in name else peak_fp32
+        print(
+            f"  {name:<26} {statistics.median(times[name]) * 1e3:7.1f} ms/step  {chars:9,.0f} chars/s  "
+            f"×{chars / reference:4.2f} vs bf16 reference  {tflops:.3f} TFLOP/s ({tflops * 1e12 / peak:.0%} of peak)"
+        )
+    ours_name = f"chargen ({precision})"
+    print(
+        f"summary: chargen {speed[ours_name]:,.0f} chars/s = ×{speed[ours_name] / reference:.2f} the bf16-autocast "
+        f"reference ({reference:,.0f}) and ×{speed[ours_name] / speed['reference fp32']:.2f} fp32, "
+        f"threads {torch.get_num_threads()}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""`chargen sample`: text from a checkpoint, for a terminal, a script, a pipeline or a cron job.
+
+Output is plain text (samples separated by a header line) or JSON Lines (one object per
+sample); --out writes it atomically. A single sample on a terminal is shown as it is written.
+Nothing heavy is imported at module level: cli.py imports this module, and `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from chargen.config import SampleConfig
+from chargen.errors import ChargenError, ConfigError
+
+_DEFAULTS = SampleConfig()
+_FORMATS = ("text", "jsonl")
+
+
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint.")],
+    prime: Annotated[str | None, typer.Option("--prime", "-p", help="Text the model reads first.")] = None,
+    prime_file: Annotated[str | None, typer.Option(help="Priming texts, one per line; - reads standard input.")] = None,
+    whole_file: Annotated[bool, typer.Option(help="With --prime-file: the whole file is one priming text.")] = False,
+    samples: Annotated[int, typer.Option("-n", "--samples", help="Samples per priming text.")] = 1,
+    length: Annotated[int | None, typer.Option(help=f"Characters per sample [{_DEFAULTS.length}].")] = None,
+    temperature: Annotated[float | None, typer.Option(help=f"0 = greedy [{_DEFAULTS.temperature}].")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Draw from the K likeliest only; 0 = off.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus probability in (0, 1]; 1 = off.")] = None,
+    greedy: Annotated[bool, typer.Option(help="Always take the likeliest character (temperature 0).")] = False,
+    seed: Annotated[int | None, typer.Option(help="Same seed, checkpoint and settings: same text.")] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="End a sample at this text; repeatable; \\n, \\t, \\r, \\\\ escapes.")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="text or jsonl.")] = "text",
+    out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of stdout.")] = None,
+    show_prime: Annotated[bool, typer.Option(help="Text format: print each priming text before its sample.")] = True,
+    first_index: Annotated[int, typer.Option(help="Number samples from here (sample i is stream i of the seed).")] = 0,
+    precision: Annotated[str, typer.Option(help="auto, fp32 or int8 (auto: int8 for an LSTM on CPU).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+) -> None:
+    """Generate text from CHECKPOINT: one sample, many in parallel, or one per line of a file."""
+    from chargen.cli import _given, _threads
+
+    if greedy and temperature not in (None, 0):
+        raise ConfigError("use --greedy or --temperature, not both")
+    config = SampleConfig(
+        **_given(
+            length=length,
+            temperature=0.0 if greedy else temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=tuple(unescape(s) for s in stop) if stop else None,
+        )
+    )
+    if format not in _FORMATS:
+        raise ConfigError(f"--format must be text or jsonl, got {format!r}")
+    if samples < 1:
+        raise ConfigError(f"-n must be at least 1, got {samples}")
+    if first_index < 0:
+        raise ConfigError(f"--first-index must be >= 0, got {first_index}")
+    primes = read_primes(prime, prime_file, whole_file)
+
+    _threads(threads)
+    from chargen.checkpoint import load_model
+    from chargen.device import select_device
+    from chargen.sample import Sampler, fresh_seed
+
+    loaded = load_model(checkpoint)
+    where = select_device(device)
+    sampler = Sampler(loaded.model.to(where), loaded.tokenizer, where, precision)
+    if config.seed is None:
+        config = replace(config, seed=fresh_seed())
+    streams = [p for p in primes for _ in range(samples)]
+
+    if len(streams) == 1 and format == "text" and out is None and sys.stdout.isatty():
+        _stream_to_terminal(sampler, streams[0], config, first_index, show_prime, seed is None)
+        return
+    completions = sampler.completions(streams, config, first_index)
+    settings = {**{k: v for k, v in asdict(config).items() if k != "seed"}, "precision": sampler.precision}
+    records = (
+        {
+            "index": first_index + i,
+            "seed": config.seed,
+            "prime": streams[i],
+            "text": c.text,
+            "chars": len(c.text),
+            "stopped": c.stopped,
+            "settings": settings,
+        }
+        for i, c in enumerate(completions)
+    )
+    lines = format_jsonl(records) if format == "jsonl" else format_text(records, len(streams), show_prime)
+    if out is None:
+        for line in lines:
+            sys.stdout.write(line)
+            sys.stdout.flush()  # each sample as its batch finishes, for pipelines
+    else:
+        write_atomically(out, lines)
+
+
+def unescape(text: str) -> str:
+    """\\n, \\t, \\r and \\\\ as typed on a command line -> the characters themselves."""
+    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
+
+
+def read_primes(prime: str | None, prime_file: str | None, whole_file: bool) -> list[str]:
+    """The priming texts: --prime, or --prime-file's lines (or whole text), or one empty text."""
+    if prime is not None and prime_file is not None:
+        raise ConfigError("use --prime or --prime-file, not both")
+    if whole_file and prime_file is None:
+        raise ConfigError("--whole-file needs --prime-file")
+    if prime is not None:  # undecodable bytes in argv arrive as lone surrogates: make them U+FFFD
+        return [prime.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
+    if prime_file is None:
+        return [""]
+    name = "standard input" if prime_file == "-" else prime_file
+    try:
+        data = sys.stdin.buffer.read() if prime_file == "-" else Path(prime_file).read_bytes()
+    except OSError as err:
+        raise ChargenError(f"cannot read prime file {name}: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8-sig").replace("\r\n", "\n")
+    except UnicodeDecodeError as err:
+        raise ChargenError(f"prime file {name} is not UTF-8 text (bad byte at offset {err.start})") from None
+    if whole_file:
+        return [text]
+    lines = text.split("\n")
+    return lines[:-1] if text.endswith("\n") else lines if text else []
+
+
+def _stream_to_terminal(
+    sampler: Any, prime: str, config: SampleConfig, first_index: int, show_prime: bool, seed_chosen: bool
+) -> None:
+    """Print the sample as it is written."""
+    if show_prime:
+        sys.stdout.write(prime)
+    context = sampler.read([prime])
+    last = prime if show_prime else ""
+    for step in sampler.stream(context, config, first_index):
+        if step.texts[0]:
+            sys.stdout.write(step.texts[0])
+            sys.stdout.flush()
+            last = step.texts[0]
+    sys.stdout.write("" if last.endswith("\n") else "\n")
+    if seed_chosen:
+        print(f"(seed {config.seed}: --seed {config.seed} repeats this sample)", file=sys.stderr)
+
+
+def format_text(records: Iterable[dict[str, Any]], count: int, show_prime: bool) -> Iterator[str]:
+    """Each sample (after its priming text) ending in a newline; a header line before each when
+    there are several."""
+    for record in records:
+        header = f"--- sample {record['index']} ---\n" if count > 1 else ""
+        body = (record["prime"] if show_prime else "") + record["text"]
+        yield header + body + ("" if body.endswith("\n") else "\n")
+
+
+def format_jsonl(records: Iterable[dict[str, Any]]) -> Iterator[str]:
+    for record in records:
+        yield json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_atomically(path: Path, lines: Iterable[str]) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`: a reader (or a crash)
+    sees the old file or the complete new one, never a part."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ChargenError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise ChargenError(f"cannot write {path}: {err.strerror or err}") from None
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,256 @@
+"""The sampler: determinism, greedy, top-k, top-p, stop strings, unknown characters, batches, the
+fast inference step against the model's own forward, and the Python API."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import chargen
+from chargen.checkpoint import load_model
+from chargen.config import ModelConfig, SampleConfig
+from chargen.inference import make_stepper
+from chargen.model import CharLM
+from chargen.sample import Sampler, choose, filter_logits
+from chargen.tokenizers import CharTokenizer
+
+PRIMES = ["Whan that", "", "The droghte of March", "Whan that"]  # mixed lengths, a repeat, an empty one
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint: Path):
+    return load_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def sampler(request: pytest.FixtureRequest, loaded) -> Sampler:
+    return Sampler(loaded.model, loaded.tokenizer, precision=request.param)
+
+
+def greedy_reference(model: CharLM, tokenizer, prime: str, length: int) -> str:
+    """The plainest greedy loop: the model's own forward, one token at a time."""
+    ids = tokenizer.encode(prime).long()[None]
+    chars = []
+    with torch.no_grad():
+        logits, state = model(ids)
+        for _ in range(length):
+            token = logits[:, -1].argmax(dim=-1)
+            chars.append(tokenizer.decode(token))
+            logits, state = model(token[:, None], state)
+    return "".join(chars)
+
+
+def test_the_same_seed_gives_the_same_text(sampler: Sampler) -> None:
+    config = SampleConfig(length=120, temperature=0.9, seed=11)
+    assert sampler.generate(PRIMES, config) == sampler.generate(PRIMES, config)
+
+
+def test_different_seeds_give_different_text(sampler: Sampler) -> None:
+    first = sampler.generate(["Whan"], SampleConfig(length=120, temperature=1.0, seed=1))
+    second = sampler.generate(["Whan"], SampleConfig(length=120, temperature=1.0, seed=2))
+    assert first != second
+
+
+def test_a_sample_is_the_same_alone_or_in_a_batch(sampler: Sampler) -> None:
+    config = SampleConfig(length=150, temperature=1.0, top_k=20, seed=5)
+    batch = sampler.generate(PRIMES, config)
+    alone = [sampler.generate([prime], config, first_index=i)[0] for i, prime in enumerate(PRIMES)]
+    assert batch == alone
+    assert batch[0] != batch[3]  # the same prime in two streams: two different samples
+
+
+def test_streaming_and_block_decoding_give_the_same_text(sampler: Sampler) -> None:
+    config = SampleConfig(length=100, temperature=1.0, seed=3, stop=("e t",))
+    streamed = [""] * len(PRIMES)
+    for step in sampler.stream(sampler.read(PRIMES), config):
+        for i, text in enumerate(step.texts):
+            streamed[i] += text
+    assert streamed == sampler.generate(PRIMES, config)
+
+
+def test_unseeded_runs_differ(sampler: Sampler) -> None:
+    config = SampleConfig(length=100, temperature=1.0)
+    assert sampler.generate(["Whan"], config) != sampler.generate(["Whan"], config)
+
+
+def test_temperature_zero_is_the_models_argmax(loaded) -> None:
+    sampler = Sampler(loaded.model, loaded.tokenizer, precision="fp32")
+    text = sampler.generate(["Whan that"], SampleConfig(length=80, temperature=0))[0]
+    assert text == greedy_reference(loaded.model, loaded.tokenizer, "Whan that", 80)
+
+
+def test_top_k_one_is_greedy(sampler: Sampler) -> None:
+    greedy = sampler.generate(PRIMES, SampleConfig(length=80, temperature=0))
+    assert sampler.generate(PRIMES, SampleConfig(length=80, temperature=1.5, top_k=1, seed=9)) == greedy
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-20, 1e-38, 1e-45])
+def test_a_tiny_temperature_draws_the_likeliest_token_and_never_nan(temperature: float) -> None:
+    logits = torch.tensor([[1.0, 50.0, 3.0], [-20.0, -30.0, -10.0]])
+    for u in (0.0, 0.5, 0.999999):
+        token, prob = choose(logits, SampleConfig(temperature=temperature), torch.full((2, 1), u))
+        assert token.tolist() == [1, 2]
+        assert prob is not None and prob.tolist() == [1.0, 1.0]
+
+
+# A model whose next-token distribution is known: the head ignores the state and outputs fixed
+# logits. Ids: 0 = unknown, 1..5 = "abcde".
+KNOWN_PROBS = [0.02, 0.5, 0.3, 0.1, 0.05, 0.03]
+
+
+@pytest.fixture(scope="module")
+def known_sampler() -> Sampler:
+    tokenizer = CharTokenizer("abcde")
+    model = CharLM(ModelConfig(tokenizer.vocab_size, layers=1, hidden=8, dropout=0.0))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(KNOWN_PROBS).log())
+    return Sampler(model, tokenizer)
+
+
+def test_filter_logits_keeps_the_nucleus_of_known_logits() -> None:
+    logits = torch.tensor([KNOWN_PROBS]).log()
+    kept = filter_logits(logits, top_p=0.75).isfinite()[0].tolist()
+    assert kept == [False, True, True, False, False, False]  # 0.5 alone < 0.75; 0.5 + 0.3 covers it
+    assert filter_logits(logits, top_p=0.5).isfinite()[0].tolist() == [False, True] + [False] * 4
+    assert filter_logits(logits, top_k=3).isfinite()[0].tolist() == [False, True, True, True, False, False]
+
+
+@pytest.mark.parametrize(("top_p", "nucleus"), [(0.75, "ab"), (0.85, "abc"), (1.0, "\ufffdabcde")])
+def test_top_p_draws_only_from_the_nucleus(known_sampler: Sampler, top_p: float, nucleus: str) -> None:
+    texts = known_sampler.generate([""] * 32, SampleConfig(length=50, temperature=1.0, top_p=top_p, seed=1))
+    drawn = set("".join(texts))
+    assert drawn == set(nucleus)
+
+
+def test_sampling_follows_the_distribution(known_sampler: Sampler) -> None:
+    texts = known_sampler.generate([""] * 64, SampleConfig(length=100, temperature=1.0, seed=2))
+    counts = "".join(texts).count("a") / 6400
+    assert abs(counts - 0.5) < 0.03
+
+
+def test_a_stop_string_ends_the_sample_before_it(sampler: Sampler) -> None:
+    config = SampleConfig(length=200, temperature=0.8, seed=4)
+    full = sampler.generate(["Whan"], config)[0]
+    stop = full[90:93]  # past the first decoding block, so the stop is found inside a later one
+    cut = full[: full.index(stop)]
+    stopped = sampler.generate(["Whan"], SampleConfig(length=200, temperature=0.8, seed=4, stop=("zzz", stop)))[0]
+    assert stopped == cut
+    completion = next(sampler.completions(["Whan"], SampleConfig(length=200, temperature=0.8, seed=4, stop=(stop,))))
+    assert completion.stopped
+
+
+def test_a_stop_string_past_the_length_does_not_count(sampler: Sampler) -> None:
+    config = SampleConfig(length=50, temperature=0.8, seed=4)
+    full = sampler.generate(["Whan"], SampleConfig(length=200, temperature=0.8, seed=4))[0]
+    late = full[60:64]
+    assert late not in full[:53]  # (else choose another piece)
+    completion = next(sampler.completions(["Whan"], replace(config, stop=(late,))))
+    assert completion.text == full[:50]
+    assert not completion.stopped
+
+
+def test_length_counts_characters(sampler: Sampler) -> None:
+    texts = sampler.generate(PRIMES, SampleConfig(length=77, seed=1))
+    assert [len(t) for t in texts] == [77] * len(PRIMES)
+
+
+def test_characters_outside_the_vocabulary_in_the_prime_do_not_crash(sampler: Sampler) -> None:
+    prime = "Ω 漢字 🙂 \x00 naïve"
+    assert len(sampler.generate([prime, "plain"], SampleConfig(length=30, seed=1))[0]) == 30
+
+
+def test_an_empty_prime_starts_as_after_a_newline(sampler: Sampler) -> None:
+    assert torch.equal(sampler.read([""]).logits, sampler.read(["\n"]).logits)
+
+
+def test_reading_a_batch_equals_reading_each_text_alone(sampler: Sampler) -> None:
+    batch = sampler.read(PRIMES)
+    for i, prime in enumerate(PRIMES):
+        alone = sampler.read([prime])
+        torch.testing.assert_close(batch.logits[i : i + 1], alone.logits)
+        for together, single in zip(batch.state, alone.state):
+            torch.testing.assert_close(together[:, i : i + 1], single)
+
+
+def test_a_streamed_context_holds_each_stream_at_its_last_token(loaded) -> None:
+    """A stream that stopped early keeps the state after the text and the stop string it read."""
+    sampler = Sampler(loaded.model, loaded.tokenizer, precision="fp32")
+    probe = sampler.generate(["Whan"], SampleConfig(length=100, temperature=0.8, seed=8))[0]
+    stop = probe[20:22]
+    config = SampleConfig(length=100, temperature=0.8, seed=8, stop=(stop,))
+    context = sampler.read(["Whan", "The"])
+    texts = ["", ""]
+    for step in sampler.stream(context, config):
+        texts = [t + new for t, new in zip(texts, step.texts)]
+    assert texts[0] == probe[: probe.index(stop)]
+    expected = sampler.read(["Whan" + texts[0] + stop])
+    torch.testing.assert_close(context.logits[:1], expected.logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_the_fp32_step_gives_the_models_logits_and_tokens(cell: str) -> None:
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abcdefgh \n")
+    model = CharLM(ModelConfig(tokenizer.vocab_size, cell=cell, layers=2, hidden=24, embed=12, dropout=0.0)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)  # larger weights: a livelier model whose argmax changes often
+    stepper = make_stepper(model, torch.device("cpu"), "fp32")
+    tokens = torch.randint(tokenizer.vocab_size, (3, 40))
+    with torch.no_grad():
+        expected, _ = model(tokens)  # (3, 40, V)
+        inner = stepper.enter(model.initial_state(3))
+        for t in range(tokens.shape[1]):
+            logits, inner = stepper.step(tokens[:, t], inner)
+            torch.testing.assert_close(logits, expected[:, t], atol=1e-4, rtol=1e-4)
+    sampler = Sampler(model, tokenizer, precision="fp32")
+    greedy = sampler.generate(["abc"], SampleConfig(length=60, temperature=0))[0]
+    assert greedy == greedy_reference(model, tokenizer, "abc", 60)
+
+
+def bits_per_char(sampler: Sampler, text: str) -> float:
+    """Bits per character of `text` read through the sampler's one-token step."""
+    ids = sampler.tokenizer.encode(text).long()
+    stepper = sampler.stepper
+    with torch.no_grad():
+        inner = stepper.enter(sampler.model.initial_state(1))
+        nats = 0.0
+        for current, following in zip(ids[:-1].tolist(), ids[1:].tolist()):
+            logits, inner = stepper.step(torch.tensor([current]), inner)
+            nats -= float(logits.log_softmax(dim=-1)[0, following])
+    return nats / math.log(2) / (len(ids) - 1)
+
+
+def test_int8_weights_keep_the_models_quality(loaded, english_text: str) -> None:
+    text = english_text[:600]
+    fp32 = bits_per_char(Sampler(loaded.model, loaded.tokenizer, precision="fp32"), text)
+    int8 = bits_per_char(Sampler(loaded.model, loaded.tokenizer, precision="int8"), text)
+    assert abs(int8 - fp32) < 0.01 * fp32
+
+
+def test_auto_precision_is_int8_for_an_lstm_on_the_cpu_and_fp32_otherwise(loaded) -> None:
+    assert Sampler(loaded.model, loaded.tokenizer).precision == "int8"
+    gru = CharLM(ModelConfig(loaded.tokenizer.vocab_size, cell="gru", layers=1, hidden=8))
+    assert Sampler(gru, loaded.tokenizer).precision == "fp32"
+
+
+def test_the_python_api_loads_and_generates(tiny_checkpoint: Path) -> None:
+    model = chargen.load(tiny_checkpoint)
+    texts = model.generate(["To be", "Or not"], length=60, temperature=0.7, top_k=20, seed=1)
+    assert [len(t) for t in texts] == [60, 60]
+    assert texts == model.generate(["To be", "Or not"], length=60, temperature=0.7, top_k=20, seed=1)
+    assert model.generate("Or not", length=60, temperature=0.7, top_k=20, seed=1, first_index=1) == texts[1:]
+    assert len(model.generate("x", n=3, length=5, seed=1)) == 3
+    assert "\n" not in model.generate("x", length=200, seed=1, stop="\n")[0]
+
+
+def test_importing_chargen_does_not_import_torch() -> None:
+    code = "import sys, chargen, chargen.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
