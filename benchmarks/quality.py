@@ -94,7 +94,9 @@ def run_reference(corpus: Path, seconds: float, eval_every: float) -> list[dict]
         elapsed += time.perf_counter() - started
         if elapsed >= next_eval or elapsed >= seconds:
             val_bpc = total_bits(model, val_streams, cpu, torch.bfloat16) / val_chars
-            log.append({"step": step, "elapsed": elapsed, "val_bpc": val_bpc, "train_bpc": float(loss) / math.log(2)})
+            log.append(
+                {"step": step, "elapsed": elapsed, "val_bpc": val_bpc, "train_bpc": loss.detach().item() / math.log(2)}
+            )
             next_eval += eval_every
     return log
 

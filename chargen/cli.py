@@ -53,7 +53,7 @@ def train(
     cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn [lstm].")] = None,
     layers: Annotated[int | None, typer.Option(help="Recurrent layers [2].")] = None,
     hidden: Annotated[int | None, typer.Option(help="Units per layer [512].")] = None,
-    embed: Annotated[int | None, typer.Option(help="Embedding size, 0 = hidden.")] = None,
+    embed: Annotated[int | None, typer.Option(help="Embedding size [0 = auto: min(hidden, 128)].")] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout between layers.")] = None,
     tie_weights: Annotated[bool | None, typer.Option(help="Share embedding and output weights.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Parallel streams.")] = None,
@@ -79,8 +79,7 @@ def train(
     """Train a model on CORPUS and save it (best to --out, last beside it as *.last.pt)."""
     _threads(threads)
     from chargen.corpus import ReadOptions
-    from chargen.progress import TrainingDisplay
-    from chargen.run import TrainRequest, prepare
+    from chargen.run import TrainRequest
 
     request = TrainRequest(
         corpus=corpus,
@@ -97,7 +96,7 @@ def train(
             grad_clip=grad_clip,
             max_steps=max_steps,
             max_epochs=max_epochs,
-            max_time=parse_duration(max_time) if max_time is not None else None,
+            max_time=_time_budget(max_time, max_steps, max_epochs),
             eval_every=eval_every,
             patience=patience,
             val_frac=val_frac,
@@ -111,6 +110,13 @@ def train(
         init_from=init_from,
         grow_vocab=grow_vocab,
     )
+    _run_training(request, quiet)
+
+
+def _run_training(request: Any, quiet: bool) -> None:
+    from chargen.progress import TrainingDisplay
+    from chargen.run import prepare
+
     with TrainingDisplay(quiet=quiet) as display:
         trainer = prepare(request, display)
         if not quiet:
@@ -121,6 +127,13 @@ def train(
             f"done: step {progress.step}, best val {progress.best_val_bpc:.3f} bpc, "
             f"saved {trainer.best_path} (last: {trainer.last_path})"
         )
+
+
+def _time_budget(max_time: str | None, max_steps: int | None, max_epochs: float | None) -> float | None:
+    """The 10-minute default budget applies only when no other budget is given."""
+    if max_time is not None:
+        return parse_duration(max_time)
+    return 0.0 if (max_steps or max_epochs) else None
 
 
 def _describe_run(trainer: Any, display: Any) -> None:
@@ -200,7 +213,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
     rows = [
         (
             "model",
-            f"{m['layers']}×{m['hidden']} {m['cell'].upper()}, embed {m['embed'] or m['hidden']}, "
+            f"{m['layers']}×{m['hidden']} {m['cell'].upper()}, embed {loaded.model.config.embed_dim}, "
             f"dropout {m['dropout']}, tied {m['tie_weights']}",
         ),
         ("parameters", f"{loaded.model.num_parameters():,}"),
@@ -234,21 +247,18 @@ def demo(
     corpus = write_stdlib_corpus(Path("corpora") / "stdlib.txt")
     out = Path("checkpoints") / "stdlib.pt"
     print(f"built-in corpus: {corpus} ({corpus.stat().st_size:,} bytes of Python's standard library)")
-    train(corpus=corpus, out=out, max_time=max_time, eval_every=None, quiet=False, **_NO_TRAIN_OPTIONS)
     from chargen.checkpoint import load_model
     from chargen.config import SampleConfig
+    from chargen.run import TrainRequest
     from chargen.sample import Sampler
 
+    _run_training(TrainRequest(corpus=corpus, out=out, train={"max_time": parse_duration(max_time)}), quiet=False)
+
     loaded = load_model(out)
-    text = Sampler(loaded.model, loaded.tokenizer).generate(["def "], SampleConfig(length=600, temperature=0.7, seed=1))
+    text = Sampler(loaded.model, loaded.tokenizer).generate(
+        ["def "], SampleConfig(length=600, temperature=0.7, seed=1)
+    )[0]
     print(f"\n--- sample from {out} (primed with 'def ') ---\ndef {text}")
-
-
-_NO_TRAIN_OPTIONS: dict[str, Any] = {
-    name: (False if isinstance(param.default, bool) else None)
-    for name, param in __import__("inspect").signature(train).parameters.items()
-    if name not in ("corpus", "out", "max_time", "eval_every", "quiet")
-}
 
 
 # Commands that live in their own modules register here, one line each.

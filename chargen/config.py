@@ -26,8 +26,8 @@ class ModelConfig:
     cell: Cell = "lstm"
     layers: int = 2
     hidden: int = 512
-    embed: int = 0  # 0 means "same as hidden"
-    dropout: float = 0.25
+    embed: int = 0  # 0 means auto: see embed_dim
+    dropout: float = 0.1
     tie_weights: bool = False
 
     def __post_init__(self) -> None:
@@ -45,7 +45,12 @@ class ModelConfig:
 
     @property
     def embed_dim(self) -> int:
-        return self.embed or self.hidden
+        """A token needs far fewer dimensions than the state does: 128 keeps the first layer's
+        input matmul small (about a fifth less compute per character at 2×512). Tied weights
+        need the embedding to match the hidden size."""
+        if self.embed:
+            return self.embed
+        return self.hidden if self.tie_weights else min(self.hidden, 128)
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,8 @@ class TrainConfig:
     """How to train. Budgets combine: training stops at whichever is reached first."""
 
     batch_size: int = 64
-    seq_len: int = 128
-    lr: float = 3e-3
+    seq_len: int = 64
+    lr: float = 8e-3
     min_lr_frac: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.1

@@ -243,7 +243,8 @@ class Trainer:
             if now - rate_clock > 10:
                 rate_clock, rate_steps = now, 0
             time_left = c.max_time - p.elapsed if c.max_time else math.inf
-            if p.step % c.eval_every == 0 or time_left <= last_eval_seconds:
+            finishing = self.fraction_done() >= 1.0 or time_left <= last_eval_seconds
+            if p.step % c.eval_every == 0 or finishing:
                 stop = self._evaluate_and_save(self._bpc(window_losses))
                 last_eval_seconds = time.perf_counter() - clock
                 p.elapsed += last_eval_seconds
@@ -253,12 +254,11 @@ class Trainer:
                     self.callbacks.on_message(
                         f"stopping early: validation has not improved for {c.patience} evaluations"
                     )
+                if stop or finishing:
                     return
         if self._interrupted:
             self._save(self.last_path, resume=True)
             raise Interrupted(f"interrupted at step {p.step}; saved {self.last_path} (continue with --resume)")
-        if p.step % c.eval_every != 0 or math.isnan(p.last_val_bpc):
-            self._evaluate_and_save(self._bpc(window_losses))
 
     def _bpc(self, losses: list[float]) -> float:
         if not losses:

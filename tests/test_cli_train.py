@@ -37,6 +37,19 @@ def test_train_a_few_hundred_steps_then_sample(tmp_path: Path) -> None:
     assert log[-1]["val_bpc"] < log[0]["val_bpc"] - 0.4 and log[-1]["val_bpc"] < 3.3
     info = chargen("info", tmp_path / "checkpoints" / "shakespeare.pt")
     assert "best val bpc" in info.stdout and "char, vocab" in info.stdout
+    sample = chargen(
+        "sample",
+        tmp_path / "checkpoints" / "shakespeare.pt",
+        "--prime",
+        "ROMEO:",
+        "--length",
+        "200",
+        "--seed",
+        "1",
+        "--no-show-prime",
+    )
+    assert sample.returncode == 0, sample.stderr
+    assert len(sample.stdout.rstrip("\n")) == 200 and " " in sample.stdout
 
 
 def test_train_a_small_corpus_info_and_eval(corpus_file: Path, tmp_path: Path) -> None:
