@@ -9,6 +9,7 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
+from chargen.atomic import replacing
 from chargen.errors import CorpusError
 
 STDLIB_MODULES = (
@@ -60,7 +61,6 @@ def stdlib_corpus() -> str:
 def write_stdlib_corpus(path: Path) -> Path:
     """Write the corpus atomically (it is rebuilt, identically, when missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(stdlib_corpus(), encoding="utf-8")
-    tmp.replace(path)
+    with replacing(path, "w", encoding="utf-8") as f:
+        f.write(stdlib_corpus())
     return path

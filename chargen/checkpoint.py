@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import torch
 
+from chargen.atomic import replacing
 from chargen.config import ModelConfig, from_dict
 from chargen.errors import CheckpointError, ConfigError
 from chargen.model import CharLM
@@ -36,30 +35,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
         raise CheckpointError(f"refusing to save non-finite weights to {path}")
     payload = {"format": FORMAT, "version": VERSION, **payload}
+    writing = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise CheckpointError(
-            f"cannot write a checkpoint in {path.parent}: {err.strerror or err}; choose another --out"
-        ) from None
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
+        with replacing(path) as f:
+            writing = True
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
         disk_error = _os_error(err)
-        if disk_error is not None:
-            reason = disk_error.strerror or disk_error
+        if disk_error is None:
+            raise
+        reason = disk_error.strerror or disk_error
+        if not writing:
             raise CheckpointError(
-                f"cannot write checkpoint {path}: {reason}; the previous checkpoint is intact"
+                f"cannot write a checkpoint in {path.parent}: {reason}; choose another --out"
             ) from None
-        raise
-    _fsync_dir(path.parent)
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; the previous checkpoint is intact") from None
     remove_stale_temps(path)
 
 
@@ -78,25 +69,6 @@ def remove_stale_temps(path: Path) -> None:
     for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
         with contextlib.suppress(OSError):
             stale.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -8,10 +8,8 @@ Nothing heavy is imported at module level: cli.py imports this module, and `--he
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from chargen.atomic import replacing
 from chargen.config import SampleConfig
 from chargen.errors import ChargenError, ConfigError
 
@@ -173,27 +172,9 @@ def format_jsonl(records: Iterable[dict[str, Any]]) -> Iterator[str]:
 
 
 def write_atomically(path: Path, lines: Iterable[str]) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`: a reader (or a crash)
-    sees the old file or the complete new one, never a part."""
+    """A reader (or a crash) sees the old file or the complete new one, never a part."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with replacing(path, "w", encoding="utf-8") as f:
+            f.writelines(lines)
     except OSError as err:
         raise ChargenError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise ChargenError(f"cannot write {path}: {err.strerror or err}") from None
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-import chargen.checkpoint
+import chargen.atomic
 from chargen.checkpoint import load_checkpoint, load_model, save_checkpoint
 from chargen.errors import CheckpointError
 from chargen.progress import TrainingDisplay
@@ -180,7 +180,7 @@ def test_a_write_that_fails_half_way_keeps_the_previous_checkpoint(
     before = target.read_bytes()
     real_fdopen = os.fdopen
     monkeypatch.setattr(
-        chargen.checkpoint.os, "fdopen", lambda fd, mode: FailingFile(real_fdopen(fd, mode), len(before) // 2)
+        chargen.atomic.os, "fdopen", lambda fd, mode, **kw: FailingFile(real_fdopen(fd, mode, **kw), len(before) // 2)
     )
     with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint is intact"):
         save_checkpoint(target, payload)
