@@ -146,6 +146,11 @@ class SampleConfig:
         return self.temperature == 0
 
 
+def unescape(text: str) -> str:
+    """\\n, \\t, \\r and \\\\ as typed on a command line -> the characters themselves."""
+    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
 

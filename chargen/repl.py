@@ -30,10 +30,9 @@ from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
-from chargen.config import SampleConfig
+from chargen.config import SampleConfig, unescape
 from chargen.errors import ChargenError, ConfigError
 from chargen.sample import Context, Sampler, fresh_seed
-from chargen.sample_command import unescape
 
 
 class CommandError(ChargenError):

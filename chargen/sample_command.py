@@ -8,7 +8,6 @@ Nothing heavy is imported at module level: cli.py imports this module, and `--he
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
@@ -18,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from chargen.atomic import replacing
-from chargen.config import SampleConfig
+from chargen.config import SampleConfig, unescape
 from chargen.errors import ChargenError, ConfigError
 
 _DEFAULTS = SampleConfig()
@@ -107,11 +106,6 @@ def sample(
             sys.stdout.flush()  # each sample as its batch finishes, for pipelines
     else:
         write_atomically(out, lines)
-
-
-def unescape(text: str) -> str:
-    """\\n, \\t, \\r and \\\\ as typed on a command line -> the characters themselves."""
-    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
 
 
 def read_primes(prime: str | None, prime_file: str | None, whole_file: bool) -> list[str]:
