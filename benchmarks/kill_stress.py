@@ -30,7 +30,7 @@ import torch
 
 from chargen.checkpoint import load_checkpoint, load_model
 from chargen.errors import ChargenError
-from chargen.run import TrainRequest, prepare
+from chargen.training.run import TrainRequest, prepare
 
 CORPUS = """\
 Whan that Aprille with his shoures soote

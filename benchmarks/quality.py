@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from chargen.analysis.evaluate import EVAL_BURN_IN, EVAL_ROWS, characters_scored, total_bits
 from chargen.config import parse_duration
-from chargen.corpus import read_corpus, split_validation
-from chargen.data import EvalStreams
+from chargen.data.batches import EvalStreams
+from chargen.data.corpus import read_corpus, split_validation
+from chargen.data.tokenizers import CharTokenizer
 from chargen.device import autocast
-from chargen.evaluate import EVAL_BURN_IN, EVAL_ROWS, characters_scored, total_bits
-from chargen.tokenizers import CharTokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 

@@ -25,9 +25,9 @@ import torch
 
 from chargen.checkpoint import load_model
 from chargen.config import ModelConfig, SampleConfig
+from chargen.data.tokenizers import CharTokenizer
+from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-from chargen.sample import Sampler
-from chargen.tokenizers import CharTokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 BUILTIN = """\

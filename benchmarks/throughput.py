@@ -92,7 +92,7 @@ def reference_step(ids: torch.Tensor, vocab: int, embed: int, bf16: bool) -> Cal
 
 
 def chargen_step(corpus: Path, out: Path, embed: int) -> tuple[Callable[[], None], str]:
-    from chargen.run import TrainRequest, prepare
+    from chargen.training.run import TrainRequest, prepare
 
     trainer = prepare(
         TrainRequest(
@@ -124,7 +124,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     from chargen.config import ModelConfig
-    from chargen.tokenizers import CharTokenizer
+    from chargen.data.tokenizers import CharTokenizer
 
     text = corpus_text()
     tokenizer = CharTokenizer.train(text)

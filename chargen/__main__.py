@@ -1,3 +1,3 @@
-from chargen.cli import main
+from chargen.cli.app import main
 
 main()

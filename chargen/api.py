@@ -6,7 +6,7 @@
     for text in model.generate(["To be", "Or not"], length=200, temperature=0.7, top_k=20, seed=1):
         print(text)
 
-`Model.generate` runs every sample as a parallel stream of chargen.sample's one sampler.
+`Model.generate` runs every sample as a parallel stream of chargen.generation.sampler's one sampler.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 
 from chargen.checkpoint import load_model
 from chargen.config import SampleConfig
+from chargen.data.tokenizers import Tokenizer
 from chargen.device import select_device
-from chargen.sample import Sampler
-from chargen.tokenizers import Tokenizer
+from chargen.generation.sampler import Sampler
 
 _DEFAULTS = SampleConfig()
 

@@ -18,9 +18,9 @@ import torch
 
 from chargen.atomic import replacing
 from chargen.config import ModelConfig, from_dict
+from chargen.data.tokenizers import Tokenizer, tokenizer_from_state
 from chargen.errors import CheckpointError, ConfigError
 from chargen.model import CharLM
-from chargen.tokenizers import Tokenizer, tokenizer_from_state
 
 FORMAT = "chargen-checkpoint"
 VERSION = 1

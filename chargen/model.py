@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chargen.config import ModelConfig
@@ -55,15 +56,29 @@ class CharLM(nn.Module):
         count = 2 if self.config.cell == "lstm" else 1
         return tuple(torch.zeros(shape, device=device) for _ in range(count))
 
-    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """ids (B, T) -> logits (B, T, V) and the state after the last step."""
+    def encode(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) -> the top layer's outputs (B, T, H) and the state after the last step."""
         x = self.drop(self.embed(ids))  # (B, T, E)
         if state is None:
             state = self.initial_state(ids.shape[0], ids.device)
         rnn_state = state if self.config.cell == "lstm" else state[0]
         out, rnn_state = self.rnn(x, rnn_state)  # (B, T, H)
         new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
-        return self.head(self.drop(out)), new_state
+        return self.drop(out), new_state
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) -> next-token logits (B, T, V) (softmax gives the distribution) and the state."""
+        out, state = self.encode(ids, state)
+        return self.head(out), state
+
+    def nll(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Negative log-likelihood of each target in nats (B, T), and the state. Training and
+        evaluation go through here rather than through the logits, so an output layer that never
+        forms all V logits can serve both."""
+        out, state = self.encode(ids, state)
+        logits = self.head(out).float()  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        return loss.view(targets.shape), state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -53,7 +53,7 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory, english_text: str) -> 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
     """A 1×32 LSTM trained for 60 steps on the Chaucer text: small, real, and already learning."""
-    from chargen.run import TrainRequest, prepare
+    from chargen.training.run import TrainRequest, prepare
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     request = TrainRequest(

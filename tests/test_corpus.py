@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from chargen.corpus import FILE_SEPARATOR, ReadOptions, looks_binary, read_corpus, split_validation
+from chargen.data.corpus import FILE_SEPARATOR, ReadOptions, looks_binary, read_corpus, split_validation
 from chargen.errors import CorpusError
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from chargen.data import Cursor, EvalStreams, StreamBatches
+from chargen.data.batches import Cursor, EvalStreams, StreamBatches
 
 
 def test_streams_are_contiguous_columns_with_targets_shifted_by_one() -> None:

@@ -23,8 +23,8 @@ import pytest
 
 import chargen.atomic
 from chargen.checkpoint import load_checkpoint, load_model, save_checkpoint
+from chargen.cli.progress import TrainingDisplay
 from chargen.errors import CheckpointError
-from chargen.progress import TrainingDisplay
 
 from .test_reliability import TINY, assert_clear_error, run_cli
 
@@ -205,10 +205,10 @@ def test_a_metrics_log_that_cannot_be_written_is_one_line(
 SLOW_SAVE = """
 import pathlib, sys, time
 import torch
-import chargen.train
+import chargen.training.trainer
 
 started, saving = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-real_save, real_step = torch.save, chargen.train.Trainer.train_step
+real_save, real_step = torch.save, chargen.training.trainer.Trainer.train_step
 
 def slow_save(obj, f, *args, **kwargs):
     real_save(obj, f, *args, **kwargs)
@@ -220,9 +220,9 @@ def step(self):
     return real_step(self)
 
 torch.save = slow_save
-chargen.train.Trainer.train_step = step
+chargen.training.trainer.Trainer.train_step = step
 sys.argv = ["chargen", *sys.argv[3:]]
-from chargen.cli import main
+from chargen.cli.app import main
 main()
 """
 

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chargen.config import SampleConfig, TokenizerConfig
-from chargen.corpus import read_corpus
-from chargen.data import Cursor, StreamBatches
+from chargen.data.batches import Cursor, StreamBatches
+from chargen.data.corpus import read_corpus
+from chargen.data.tokenizers import UNKNOWN, CharTokenizer, SentencePieceTokenizer, train_tokenizer
 from chargen.errors import CorpusError
-from chargen.sample import choose, filter_logits
-from chargen.tokenizers import UNKNOWN, CharTokenizer, SentencePieceTokenizer, train_tokenizer
+from chargen.generation.draw import choose, filter_logits
 
 from .conftest import CHINESE, ENGLISH
 

@@ -24,20 +24,20 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
-import chargen.tokenizers
+import chargen.data.tokenizers
 from chargen.checkpoint import load_checkpoint, load_model, save_checkpoint
-from chargen.cli import main
+from chargen.cli.app import main
 from chargen.config import SampleConfig, TokenizerConfig
-from chargen.corpus import ReadOptions, read_corpus
+from chargen.data.corpus import ReadOptions, read_corpus
 from chargen.errors import CorpusError
-from chargen.run import TrainRequest, prepare
-from chargen.sample import Sampler
+from chargen.generation.sampler import Sampler
+from chargen.model import CharLM
+from chargen.training.run import TrainRequest, prepare
 
 from .conftest import ENGLISH
 from .test_train import Recorder, start
@@ -141,8 +141,8 @@ def test_corpus_empty_or_blank_fails_before_any_model_is_built(
     def never(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a tokenizer or model was built for an empty corpus")
 
-    monkeypatch.setattr("chargen.run.train_tokenizer", never)
-    monkeypatch.setattr("chargen.run.CharLM", never)
+    monkeypatch.setattr("chargen.training.run.train_tokenizer", never)
+    monkeypatch.setattr("chargen.training.run.CharLM", never)
     write(workdir / "blank.txt", content)
     assert_clear_error(cli("train", "blank.txt", *TINY), "blank.txt is empty (or only whitespace)")
     assert files_in(workdir) == {"blank.txt"}
@@ -221,10 +221,10 @@ def test_corpus_large_file_costs_a_byte_a_character_not_a_python_list(
 ) -> None:
     # Measured with a small encoding chunk, so what shows is the cost per character
     # (a list of ints would cost 8+ bytes each, and as many again as an int64 tensor).
-    monkeypatch.setattr(chargen.tokenizers, "_ENCODE_CHUNK", 1 << 16)
+    monkeypatch.setattr(chargen.data.tokenizers, "_ENCODE_CHUNK", 1 << 16)
     path = write(tmp_path / "big.txt", ENGLISH * 9000)  # ~4 MB
     text = read_corpus(path)
-    tokenizer = chargen.tokenizers.CharTokenizer.train(text)
+    tokenizer = chargen.data.tokenizers.CharTokenizer.train(text)
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak-memory count (Linux)
     before = _peak_rss_bytes()
     ids = tokenizer.encode(text)
@@ -237,7 +237,7 @@ def test_sentencepiece_trains_on_lines_longer_than_its_limit(tmp_path: Path) -> 
     # fail with an empty corpus; chargen feeds it in chunks.
     rng = random.Random(0)
     line = " ".join(rng.choice(ENGLISH.split()) for _ in range(10_000))
-    tokenizer = chargen.tokenizers.train_tokenizer(line, TokenizerConfig(kind="sentencepiece", vocab_size=350))
+    tokenizer = chargen.data.tokenizers.train_tokenizer(line, TokenizerConfig(kind="sentencepiece", vocab_size=350))
     assert tokenizer.decode(tokenizer.encode(line)) == line
     assert len(tokenizer.encode(line)) < len(line) / 2  # it learned subwords from the long line
 
@@ -519,15 +519,17 @@ def test_resume_without_a_checkpoint_says_there_is_nothing_to_resume(cli, workdi
 def test_diverging_run_stops_with_one_line_and_keeps_finite_checkpoints(
     cli, tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = torch.nn.functional.cross_entropy
+    real = CharLM.nll
     calls = {"n": 0}
 
-    def poisoned(*args: Any, **kwargs: Any) -> torch.Tensor:
+    def poisoned(self: CharLM, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        if not self.training:  # evaluation stays finite
+            return real(self, *args, **kwargs)
         calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * math.nan if calls["n"] > 7 else loss  # from step 8 on the loss is NaN
+        loss, state = real(self, *args, **kwargs)
+        return (loss * math.nan if calls["n"] > 7 else loss), state  # from step 8 on the loss is NaN
 
-    monkeypatch.setattr("chargen.train.F", SimpleNamespace(cross_entropy=poisoned))
+    monkeypatch.setattr(CharLM, "nll", poisoned)
     out = tmp_path / "m.pt"
     outcome = cli("train", corpus_file, *TINY, "--max-steps", "100", "--eval-every", "5", "--out", out)
     assert_clear_error(outcome, "training diverged: loss was not finite 5 steps in a row", "lower --lr")
@@ -542,7 +544,7 @@ def test_diverging_run_stops_with_one_line_and_keeps_finite_checkpoints(
 
 
 def test_tests_keep_user_files_out_of_home() -> None:
-    from chargen.repl_command import user_data_dir
+    from chargen.paths import user_data_dir
 
     home = Path.home().resolve()
     assert home not in user_data_dir().resolve().parents and user_data_dir().resolve() != home
@@ -550,20 +552,20 @@ def test_tests_keep_user_files_out_of_home() -> None:
 
 THREADS_PROBE = """
 import os, sys
-import chargen.cli
+import chargen.cli.app
 assert "torch" not in sys.modules, "importing the CLI must not start torch"
-import chargen.run
+import chargen.training.run
 
 def report(request, callbacks=None):
     import torch
     print(torch.get_num_threads())
     raise SystemExit(0)
 
-chargen.run.prepare = report
+chargen.training.run.prepare = report
 for flags in ([], ["--threads", "1"]):
     sys.argv = ["chargen", "train", "corpus.txt", *flags]
     try:
-        chargen.cli.main()
+        chargen.cli.app.main()
     except SystemExit:
         pass
 """

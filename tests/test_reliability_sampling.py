@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from chargen.config import ModelConfig, SampleConfig, TokenizerConfig
+from chargen.data.tokenizers import SentencePieceTokenizer, train_tokenizer
+from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-from chargen.sample import Sampler
-from chargen.tokenizers import SentencePieceTokenizer, train_tokenizer
 
 from .conftest import ENGLISH, chargen_command
 from .test_reliability import assert_clear_error, run_cli

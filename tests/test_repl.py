@@ -14,10 +14,13 @@ import pexpect
 import pytest
 
 from chargen.checkpoint import load_model
+from chargen.cli.repl import LATE_STOP_SECONDS, open_history
+from chargen.cli.repl_terminal import shade
 from chargen.config import SampleConfig
-from chargen.repl import Command, CommandError, Session, parse_line, shade
-from chargen.repl_command import LATE_STOP_SECONDS, open_history, user_data_dir
-from chargen.sample import Sampler
+from chargen.generation.sampler import Sampler
+from chargen.paths import user_data_dir
+from chargen.repl.commands import Command, CommandError, parse_line
+from chargen.repl.session import Session
 from tests.conftest import chargen_command
 
 # --- parsing -------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ import torch
 import chargen
 from chargen.checkpoint import load_model
 from chargen.config import ModelConfig, SampleConfig
-from chargen.inference import make_stepper
+from chargen.data.tokenizers import CharTokenizer
+from chargen.generation.draw import choose, filter_logits
+from chargen.generation.inference import make_stepper
+from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-from chargen.sample import Sampler, choose, filter_logits
-from chargen.tokenizers import CharTokenizer
 
 PRIMES = ["Whan that", "", "The droghte of March", "Whan that"]  # mixed lengths, a repeat, an empty one
 
@@ -252,5 +253,5 @@ def test_the_python_api_loads_and_generates(tiny_checkpoint: Path) -> None:
 
 
 def test_importing_chargen_does_not_import_torch() -> None:
-    code = "import sys, chargen, chargen.cli; sys.exit('torch' in sys.modules)"
+    code = "import sys, chargen, chargen.cli.app; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from chargen.config import TokenizerConfig
+from chargen.data.tokenizers import CharTokenizer, compact_dtype, tokenizer_from_state, train_tokenizer
 from chargen.errors import ConfigError
-from chargen.tokenizers import CharTokenizer, compact_dtype, tokenizer_from_state, train_tokenizer
 
 from .conftest import CHINESE, ENGLISH
 

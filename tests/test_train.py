@@ -8,8 +8,9 @@ import torch
 from chargen.checkpoint import load_checkpoint
 from chargen.config import TrainConfig
 from chargen.errors import TrainingDiverged
-from chargen.run import TrainRequest, prepare
-from chargen.train import Callbacks, EvalEvent, Interrupted, StepEvent, lr_at
+from chargen.training.events import Callbacks, EvalEvent, StepEvent
+from chargen.training.run import TrainRequest, prepare
+from chargen.training.trainer import Interrupted, lr_at
 
 TINY_MODEL = {"layers": 2, "hidden": 24, "dropout": 0.1}
 

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from chargen.train import Callbacks, EvalEvent, StepEvent
+from chargen.training.events import Callbacks, EvalEvent, StepEvent
 
 
 def _fmt(value: float) -> str:

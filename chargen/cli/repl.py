@@ -1,13 +1,13 @@
 """`chargen repl`: load a model, then read lines from a line editor with history on a terminal,
-or plain lines from a pipe, and hand each to the session in chargen.repl.
+or plain lines from a pipe, and hand them to chargen.cli.repl_terminal.serve.
 
-Nothing heavy is imported at module level: cli.py imports this module, and `--help` stays instant.
+Nothing heavy is imported at module level: chargen.cli.app imports this module, and `--help`
+stays instant.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from chargen.config import SampleConfig
+from chargen.paths import user_data_dir
 
 if TYPE_CHECKING:
-    from chargen.repl import Display
+    from chargen.cli.repl_terminal import Display
 
 _DEFAULTS = SampleConfig()
 PROMPT = "> "
@@ -42,17 +43,19 @@ def repl(
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
 ) -> None:
     """Type an opening and watch the model continue it; change settings as you go (/help inside)."""
-    from chargen.cli import _given, _threads
+    from chargen.cli.common import given, pin_threads
 
-    _threads(threads)
+    pin_threads(threads)
     from chargen.checkpoint import load_model
+    from chargen.cli.repl_terminal import Display, serve
     from chargen.device import select_device
-    from chargen.repl import Display, Session, describe_model, serve, stop_strings
-    from chargen.sample import Sampler
+    from chargen.generation.sampler import Sampler
+    from chargen.repl.commands import stop_strings
+    from chargen.repl.session import Session, describe_model
 
     stops = stop_strings(stop) if stop is not None else None
     config = SampleConfig(
-        **_given(temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, stop=stops)
+        **given(temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, stop=stops)
     )
 
     loaded = load_model(checkpoint)
@@ -109,17 +112,6 @@ def _plain_lines() -> Iterator[str]:
         if not raw:
             return
         yield raw.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
-
-
-def user_data_dir() -> Path:
-    """Where chargen keeps user files: $CHARGEN_HOME, else the platform's data directory."""
-    if os.environ.get("CHARGEN_HOME"):
-        return Path(os.environ["CHARGEN_HOME"]).expanduser()
-    if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming") / "chargen"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "chargen"
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "chargen"
 
 
 def open_history(path: Path) -> tuple[Any, str | None]:

@@ -12,15 +12,17 @@ from typing import Any
 
 import torch
 
+from chargen.analysis.evaluate import characters_scored
 from chargen.checkpoint import build_model, load_checkpoint, remove_stale_temps
 from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
-from chargen.corpus import ReadOptions, read_corpus, split_validation
+from chargen.data.batches import Dataset
+from chargen.data.corpus import ReadOptions, read_corpus, split_validation
+from chargen.data.tokenizers import CharTokenizer, Tokenizer, train_tokenizer
 from chargen.device import select_device, select_precision
 from chargen.errors import CheckpointError, ConfigError, CorpusError
-from chargen.evaluate import characters_scored
 from chargen.model import CharLM
-from chargen.tokenizers import CharTokenizer, Tokenizer, train_tokenizer
-from chargen.train import Callbacks, Dataset, Trainer, last_checkpoint_path
+from chargen.training.events import Callbacks
+from chargen.training.trainer import Trainer, last_checkpoint_path
 
 # Options a resumed run may change; anything else would make it a different run.
 RESUMABLE = {"max_steps", "max_epochs", "max_time", "eval_every", "patience", "device", "threads", "sample_chars"}

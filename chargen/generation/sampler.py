@@ -1,9 +1,8 @@
 """The one sampler behind the CLI, the REPL and the Python API.
 
 The model reads each priming text to build its state, then extends every stream one token per
-step, all streams in one batched step (chargen.inference). Each stream draws its random numbers
-from its own generator, seeded from (seed, stream index), so stream i produces the same text
-whether it runs alone or inside a batch.
+step, all streams in one batched step (chargen.generation.inference); chargen.generation.draw
+picks each token, chargen.generation.text_output turns tokens into text.
 
 Two ways to run the same steps: `stream` decodes after every token (for text shown as it is
 written, and for callers that go on from the context), `completions` decodes blocks of tokens at
@@ -13,22 +12,20 @@ tokens.
 
 from __future__ import annotations
 
-import codecs
-import hashlib
-import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from chargen.config import SampleConfig
-from chargen.inference import make_stepper
+from chargen.data.tokenizers import Tokenizer
+from chargen.generation.draw import StreamRandom, choose, fresh_seed
+from chargen.generation.inference import make_stepper
+from chargen.generation.text_output import TextOutput
 from chargen.model import CharLM, State
-from chargen.tokenizers import Tokenizer
 
-_RANDOM_BLOCK = 256  # uniforms drawn per stream at a time
 _DECODE_BLOCK = 64  # steps between decodes when nothing is streamed
 MAX_BATCH = 256  # streams stepped together; more are run in successive batches
 
@@ -43,125 +40,6 @@ class Context:
     @property
     def batch_size(self) -> int:
         return self.logits.shape[0]
-
-
-def stream_seed(seed: int, index: int) -> int:
-    digest = hashlib.sha256(f"chargen:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def fresh_seed() -> int:
-    """A random seed for unseeded runs, small enough to type back in with --seed."""
-    return secrets.randbelow(1 << 31)
-
-
-class StreamRandom:
-    """Per-stream uniform numbers, drawn in blocks so a step costs no Python loop over streams."""
-
-    def __init__(self, seed: int, streams: int, first_index: int = 0, device: torch.device | str = "cpu") -> None:
-        self._generators = [torch.Generator().manual_seed(stream_seed(seed, first_index + i)) for i in range(streams)]
-        self._device = device
-        self._block = torch.empty(0, streams, 1, device=device)  # (steps, streams, 1)
-        self._used = 0
-
-    def next(self) -> Tensor:
-        if self._used == self._block.shape[0]:
-            block = torch.stack([torch.rand(_RANDOM_BLOCK, generator=g) for g in self._generators], dim=1)
-            self._block = block.to(self._device)[:, :, None]
-            self._used = 0
-        self._used += 1
-        return self._block[self._used - 1]  # (B, 1)
-
-    def select(self, keep: Tensor) -> None:
-        """Keep only the streams at positions `keep` (their sequences go on unchanged)."""
-        self._generators = [self._generators[i] for i in keep.tolist()]
-        self._block = self._block[:, keep.to(self._block.device)]
-
-
-def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """Logits with everything outside the top-k and the top-p nucleus set to -inf."""
-    vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
-        drop_sorted = before >= top_p  # the top token always stays (its `before` is 0)
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def choose(
-    logits: Tensor, config: SampleConfig, uniforms: Tensor | None, with_probs: bool = True
-) -> tuple[Tensor, Tensor | None]:
-    """Next token per stream and (if asked) the probability the tempered, filtered distribution
-    gave it. uniforms: (B, 1), one per stream; greedy needs none."""
-    logits = logits.float()
-    if config.greedy:
-        token = logits.argmax(dim=-1)
-        return token, logits.softmax(dim=-1).gather(-1, token[:, None])[:, 0] if with_probs else None
-    assert uniforms is not None
-    temperature = config.temperature
-    if temperature < 1e-3:  # dividing could overflow to inf (inf - inf = NaN): shift the likeliest to 0
-        logits = logits - logits.amax(dim=-1, keepdim=True)
-        temperature = max(temperature, 1e-30)  # and never divide by a float32 zero
-    probs = filter_logits(logits / temperature, config.top_k, config.top_p).softmax(dim=-1)
-    cdf = probs.cumsum(dim=-1)  # inverse-CDF sampling: one uniform per stream, fully vectorised
-    vocab = probs.shape[-1]
-    token = torch.searchsorted(cdf, uniforms * cdf.narrow(1, vocab - 1, 1), right=True).view(-1)
-    token = token.clamp_(max=vocab - 1)
-    return token, probs.gather(-1, token[:, None])[:, 0] if with_probs else None
-
-
-@dataclass
-class _Output:
-    """One stream's decoded text, holding back any tail that could start a stop string."""
-
-    length: int
-    stops: tuple[str, ...]
-    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    emitted: int = 0
-    pending: str = ""
-    done: bool = False
-    stopped: bool = False  # ended by a stop string rather than by the length
-
-    def feed(self, data: bytes) -> str:
-        """New bytes (one token's or many) -> the text now certain to be part of the output."""
-        if self.done:
-            return ""
-        self.pending += self.decoder.decode(data)
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            # A stop that would start past the length limit never happens: the length ends first.
-            if 0 <= at < self.length - self.emitted:
-                self.pending, self.done, self.stopped = self.pending[:at], True, True
-        hold = 0 if self.done else self._held_back()
-        ready = self.pending[: len(self.pending) - hold]
-        ready = ready[: self.length - self.emitted]
-        self.pending = self.pending[len(self.pending) - hold :]
-        self.emitted += len(ready)
-        if self.emitted >= self.length:
-            self.done = True
-        return ready if not self.done else ready + self._flush()
-
-    def _held_back(self) -> int:
-        for size in range(min(len(self.pending), max((len(s) for s in self.stops), default=1) - 1), 0, -1):
-            if any(s.startswith(self.pending[-size:]) for s in self.stops):
-                return size
-        return 0
-
-    def _flush(self) -> str:
-        rest = self.pending[: max(0, self.length - self.emitted)]
-        self.pending = ""
-        self.emitted += len(rest)
-        return rest
-
-    def remaining(self) -> int:
-        """Characters still to produce before the length is reached."""
-        return self.length - self.emitted - len(self.pending)
 
 
 @dataclass
@@ -188,7 +66,7 @@ class _Run:
         self.logits = context.logits
         seed = config.seed if config.seed is not None else fresh_seed()
         self.random = None if config.greedy else StreamRandom(seed, size, first_index, sampler.device)
-        self.outputs = [_Output(config.length, config.stop) for _ in range(size)]
+        self.outputs = [TextOutput(config.length, config.stop) for _ in range(size)]
         self.texts: list[list[str]] = [[] for _ in range(size)]
 
     @property

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from chargen.data import EvalStreams
+from chargen.data.batches import EvalStreams
 from chargen.device import autocast
 from chargen.model import CharLM
 
@@ -39,9 +38,8 @@ def total_bits(
         y = streams.targets[:, start : start + EVAL_WINDOW].to(device)
         keep = streams.scored[:, start : start + EVAL_WINDOW].to(device)
         with autocast(device, dtype):
-            logits, state = model(x, state)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        nats += float((loss * keep.flatten()).sum())
+            token_nll, state = model.nll(x, y, state)
+        nats += float((token_nll * keep).sum())
     model.train(was_training)
     return nats / math.log(2)
 

@@ -13,7 +13,8 @@ target token is used exactly once per epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,3 +96,14 @@ class EvalStreams:
             targets[row, :n] = ids[start + 1 : last + 1]
             scored[row, warm:n] = True
         return cls(inputs, targets, scored)
+
+
+@dataclass
+class Dataset:
+    """A corpus already tokenized, with the character counts that turn nats into bits/char."""
+
+    train_ids: torch.Tensor
+    val_ids: torch.Tensor
+    train_chars: int
+    val_chars: int  # characters the validation targets cover
+    info: dict[str, Any] = field(default_factory=dict)  # source, sha256, ...: stored in checkpoints

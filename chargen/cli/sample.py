@@ -2,7 +2,8 @@
 
 Output is plain text (samples separated by a header line) or JSON Lines (one object per
 sample); --out writes it atomically. A single sample on a terminal is shown as it is written.
-Nothing heavy is imported at module level: cli.py imports this module, and `--help` stays instant.
+Nothing heavy is imported at module level: chargen.cli.app imports this module, and `--help`
+stays instant.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ def sample(
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
 ) -> None:
     """Generate text from CHECKPOINT: one sample, many in parallel, or one per line of a file."""
-    from chargen.cli import _given, _threads
+    from chargen.cli.common import given, pin_threads
 
     if greedy and temperature not in (None, 0):
         raise ConfigError("use --greedy or --temperature, not both")
     config = SampleConfig(
-        **_given(
+        **given(
             length=length,
             temperature=0.0 if greedy else temperature,
             top_k=top_k,
@@ -70,10 +71,11 @@ def sample(
         raise ConfigError(f"--first-index must be >= 0, got {first_index}")
     primes = read_primes(prime, prime_file, whole_file)
 
-    _threads(threads)
+    pin_threads(threads)
     from chargen.checkpoint import load_model
     from chargen.device import select_device
-    from chargen.sample import Sampler, fresh_seed
+    from chargen.generation.draw import fresh_seed
+    from chargen.generation.sampler import Sampler
 
     loaded = load_model(checkpoint)
     where = select_device(device)

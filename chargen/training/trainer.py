@@ -11,34 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from chargen.analysis.evaluate import EVAL_BURN_IN, EVAL_ROWS, total_bits
 from chargen.checkpoint import save_checkpoint
 from chargen.config import SampleConfig, TrainConfig, to_dict
-from chargen.data import Cursor, EvalStreams, StreamBatches
+from chargen.data.batches import Cursor, Dataset, EvalStreams, StreamBatches
+from chargen.data.tokenizers import Tokenizer
 from chargen.device import autocast
 from chargen.errors import ChargenError, TrainingDiverged
-from chargen.evaluate import EVAL_BURN_IN, EVAL_ROWS, total_bits
+from chargen.generation.sampler import Sampler
 from chargen.model import CharLM, State, detach_state
-from chargen.sample import Sampler
-from chargen.tokenizers import Tokenizer
+from chargen.training.events import Callbacks, EvalEvent, StepEvent
 
 MAX_NONFINITE_IN_A_ROW = 5
 
 
 class Interrupted(ChargenError):
     exit_code = 130
-
-
-@dataclass
-class Dataset:
-    """A corpus already tokenized, with the character counts that turn nats into bits/char."""
-
-    train_ids: torch.Tensor
-    val_ids: torch.Tensor
-    train_chars: int
-    val_chars: int  # characters the validation targets cover
-    info: dict[str, Any] = field(default_factory=dict)  # source, sha256, ...: stored in checkpoints
 
 
 @dataclass
@@ -52,41 +41,6 @@ class Progress:
     last_val_bpc: float = math.nan
     evals_without_improvement: int = 0
     nonfinite_steps: int = 0
-
-
-@dataclass
-class StepEvent:
-    step: int
-    loss: float  # this step's mean loss, nats per token
-    epoch: float
-    train_bpc: float
-    lr: float
-    chars_per_sec: float
-    elapsed: float
-    fraction_done: float
-
-
-@dataclass
-class EvalEvent:
-    step: int
-    epoch: float
-    train_bpc: float
-    val_bpc: float
-    best_val_bpc: float
-    improved: bool
-    eval_seconds: float
-    elapsed: float
-    sample: str
-
-
-class Callbacks:
-    """Hooks for a front end; the defaults do nothing."""
-
-    def on_step(self, event: StepEvent) -> None: ...
-
-    def on_eval(self, event: EvalEvent) -> None: ...
-
-    def on_message(self, message: str) -> None: ...
 
 
 def lr_at(config: TrainConfig, step: int, fraction_done: float) -> float:
@@ -175,8 +129,8 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with autocast(self.device, self.dtype):
-            logits, state = self.model(x.to(self.device), self.state)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten())
+            token_nll, state = self.model.nll(x.to(self.device), y.to(self.device), self.state)
+        loss = token_nll.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)

@@ -1,0 +1,1 @@
+"""What a trained model says about a text: bits per character, and more."""

@@ -1,0 +1,1 @@
+"""The command line and the terminal: one module per command, registered in chargen.cli.app."""

@@ -1,0 +1,59 @@
+"""The `chargen` command: one module per command, registered here, and one place that turns
+every user-facing failure into a single `Error:` line. Heavy imports happen inside commands so
+`--help` is instant."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from chargen.cli import demo, evaluate, info, repl, sample, train
+from chargen.errors import ChargenError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Character-level text generation: train on your own text, sample, explore in a REPL.",
+)
+app.command()(train.train)
+app.command("eval")(evaluate.evaluate)
+app.command()(info.info)
+app.command()(demo.demo)
+app.command()(sample.sample)
+app.command()(repl.repl)
+
+
+def main() -> None:
+    """Run the app; every user-facing failure becomes one line on stderr and an exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except ChargenError as err:
+        _fail(str(err), err.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except typer.TyperException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":
+            print(err.format_message())
+            sys.exit(0)
+        _fail(" ".join(err.format_message().split()), err.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader (e.g. `head`) went away: stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as err:
+        # The machine failed rather than the input (a disk filled while writing the metrics log, a
+        # folder vanished): what and where, in one line.
+        where = f": {err.filename}" if err.filename else ""
+        _fail(f"{err.strerror or err}{where}", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(code)

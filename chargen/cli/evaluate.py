@@ -1,0 +1,52 @@
+"""`chargen eval`: bits per character of any text under a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chargen.cli.common import pin_threads
+from chargen.errors import ChargenError
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint.")],
+    text_file: Annotated[Path, typer.Argument(help="A UTF-8 text file to score.")],
+    format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes.")] = False,
+) -> None:
+    """Bits per character of TEXT_FILE under the model (state carried over the whole file)."""
+    pin_threads(threads)
+    from chargen.analysis.evaluate import bits_per_char, characters_scored
+    from chargen.checkpoint import load_model
+    from chargen.data.corpus import ReadOptions, read_corpus
+    from chargen.device import select_device
+
+    if format not in ("text", "json"):
+        raise ChargenError(f"--format must be text or json, got {format!r}")
+    loaded = load_model(checkpoint)
+    text = read_corpus(text_file, ReadOptions("replace" if replace_invalid else "strict"))
+    ids = loaded.tokenizer.encode(text)
+    if len(ids) < 2:
+        raise ChargenError(f"{text_file} is too short to score: it needs at least two tokens")
+    device = select_device("auto")
+    chars = characters_scored(text, loaded.tokenizer.decode(ids[:1]))
+    bpc = bits_per_char(loaded.model.to(device), ids, chars, device)
+    if format == "json":
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(checkpoint),
+                    "file": str(text_file),
+                    "bpc": bpc,
+                    "characters": chars,
+                    "tokens": len(ids),
+                }
+            )
+        )
+    else:
+        print(f"{bpc:.4f} bpc over {chars:,} characters of {text_file}")

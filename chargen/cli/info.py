@@ -1,0 +1,45 @@
+"""`chargen info`: what a checkpoint holds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint.")]) -> None:
+    """What a checkpoint holds: model, tokenizer, training, metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from chargen.checkpoint import load_model
+
+    loaded = load_model(checkpoint)
+    p = loaded.payload
+    m, metrics, corpus = p["model_config"], p["metrics"], p.get("corpus", {})
+    table = Table(title=str(checkpoint), show_header=False)
+    rows = [
+        (
+            "model",
+            f"{m['layers']}×{m['hidden']} {m['cell'].upper()}, embed {loaded.model.config.embed_dim}, "
+            f"dropout {m['dropout']}, tied {m['tie_weights']}",
+        ),
+        ("parameters", f"{loaded.model.num_parameters():,}"),
+        ("tokenizer", f"{loaded.tokenizer.kind}, vocab {loaded.tokenizer.vocab_size}"),
+        ("steps", f"{metrics.get('step')}  (epoch {metrics.get('epoch', 0):.2f})"),
+        ("val bpc", _num(metrics.get("val_bpc"))),
+        ("best val bpc", _num(metrics.get("best_val_bpc"))),
+        ("training time", f"{metrics.get('elapsed', 0):.0f}s"),
+        ("corpus", f"{corpus.get('source', '?')} ({corpus.get('chars', 0):,} chars)"),
+        ("resumable", "yes" if "resume" in p else "no (best checkpoint; resume uses *.last.pt)"),
+        ("format", f"{p['format']} v{p['version']}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4f}"

@@ -1,0 +1,130 @@
+"""`chargen train`: build a run from the options given (new, resumed or fine-tuned) and train it
+with progress on screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from chargen.cli.common import given, pin_threads
+from chargen.config import parse_duration
+
+
+def train(
+    corpus: Annotated[Path, typer.Argument(help="A UTF-8 text file, or a folder of them.")],
+    out: Annotated[Path | None, typer.Option(help="Checkpoint path [default: checkpoints/<corpus>.pt].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved at --out.")] = False,
+    init_from: Annotated[Path | None, typer.Option(help="Fine-tune: start from this checkpoint's weights.")] = None,
+    grow_vocab: Annotated[bool, typer.Option(help="With --init-from: add characters the model lacks.")] = False,
+    val_file: Annotated[Path | None, typer.Option(help="Validate on this file instead of the corpus tail.")] = None,
+    val_frac: Annotated[float | None, typer.Option(help="Fraction of the corpus held out [0.1].")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="char or sentencepiece [char].")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="SentencePiece vocabulary size [2000].")] = None,
+    sp_type: Annotated[str | None, typer.Option(help="SentencePiece model: unigram or bpe.")] = None,
+    cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn [lstm].")] = None,
+    layers: Annotated[int | None, typer.Option(help="Recurrent layers [2].")] = None,
+    hidden: Annotated[int | None, typer.Option(help="Units per layer [512].")] = None,
+    embed: Annotated[int | None, typer.Option(help="Embedding size [0 = auto: min(hidden, 128)].")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout between layers.")] = None,
+    tie_weights: Annotated[bool | None, typer.Option(help="Share embedding and output weights.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Parallel streams.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per backprop window.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warmup steps.")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Global gradient-norm clip.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Step budget (0 = none).")] = None,
+    max_epochs: Annotated[float | None, typer.Option(help="Epoch budget (0 = none).")] = None,
+    max_time: Annotated[str | None, typer.Option(help="Time budget: 90s, 20m, 1.5h [10m]; 0 = none.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after this many evaluations without improvement.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16.")] = None,
+    replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes instead of failing.")] = False,
+    keep_crlf: Annotated[bool, typer.Option(help="Keep CRLF / CR line endings as they are.")] = False,
+    allow_binary: Annotated[bool, typer.Option(help="Read files that look binary.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a model on CORPUS and save it (best to --out, last beside it as *.last.pt)."""
+    pin_threads(threads)
+    from chargen.data.corpus import ReadOptions
+    from chargen.training.run import TrainRequest
+
+    request = TrainRequest(
+        corpus=corpus,
+        out=out,
+        read=ReadOptions("replace" if replace_invalid else "strict", not keep_crlf, allow_binary),
+        model=given(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, tie_weights=tie_weights),
+        tokenizer=given(kind=tokenizer, vocab_size=vocab_size, model_type=sp_type),
+        train=given(
+            batch_size=batch_size,
+            seq_len=seq_len,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup,
+            grad_clip=grad_clip,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            max_time=_time_budget(max_time, max_steps, max_epochs),
+            eval_every=eval_every,
+            patience=patience,
+            val_frac=val_frac,
+            seed=seed,
+            device=device,
+            threads=threads,
+            precision=precision,
+        ),
+        val_file=val_file,
+        resume=resume,
+        init_from=init_from,
+        grow_vocab=grow_vocab,
+    )
+    run_training(request, quiet)
+
+
+def run_training(request: Any, quiet: bool) -> None:
+    from chargen.cli.progress import TrainingDisplay
+    from chargen.training.run import prepare
+
+    with TrainingDisplay(quiet=quiet) as display:
+        trainer = prepare(request, display)
+        if not quiet:
+            _describe_run(trainer, display)
+        progress = trainer.run()
+    if not quiet:
+        print(
+            f"done: step {progress.step}, best val {progress.best_val_bpc:.3f} bpc, "
+            f"saved {trainer.best_path} (last: {trainer.last_path})"
+        )
+
+
+def _time_budget(max_time: str | None, max_steps: int | None, max_epochs: float | None) -> float | None:
+    """The 10-minute default budget applies only when no other budget is given."""
+    if max_time is not None:
+        return parse_duration(max_time)
+    return 0.0 if (max_steps or max_epochs) else None
+
+
+def _describe_run(trainer: Any, display: Any) -> None:
+    m, c = trainer.model.config, trainer.config
+    budget = ", ".join(
+        part
+        for part in (
+            f"{c.max_steps} steps" if c.max_steps else "",
+            f"{c.max_epochs:g} epochs" if c.max_epochs else "",
+            f"{c.max_time:g}s" if c.max_time else "",
+        )
+        if part
+    )
+    precision = "bf16" if trainer.dtype is not None else "fp32"
+    display.console.print(
+        f"{m.layers}×{m.hidden} {m.cell.upper()} · {trainer.tokenizer.kind} vocab {m.vocab_size} · "
+        f"{trainer.model.num_parameters() / 1e6:.2f}M params · {len(trainer.data.train_ids):,} train tokens · "
+        f"batch {c.batch_size}×{c.seq_len} · {trainer.device.type} {precision} · budget {budget}"
+        + (f" · resuming at step {trainer.progress.step}" if trainer.progress.step else ""),
+        highlight=False,
+    )

@@ -1,0 +1,1 @@
+"""The REPL's logic: commands and the session. Its terminal side lives in chargen.cli."""

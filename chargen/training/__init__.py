@@ -1,0 +1,1 @@
+"""Training: assembling a run from the user's options, and the loop itself."""

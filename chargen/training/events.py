@@ -1,0 +1,41 @@
+"""What the training loop tells a front end, and the hooks it tells it through (so the loop
+never imports terminal code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class StepEvent:
+    step: int
+    loss: float  # this step's mean loss, nats per token
+    epoch: float
+    train_bpc: float
+    lr: float
+    chars_per_sec: float
+    elapsed: float
+    fraction_done: float
+
+
+@dataclass
+class EvalEvent:
+    step: int
+    epoch: float
+    train_bpc: float
+    val_bpc: float
+    best_val_bpc: float
+    improved: bool
+    eval_seconds: float
+    elapsed: float
+    sample: str
+
+
+class Callbacks:
+    """Hooks for a front end; the defaults do nothing."""
+
+    def on_step(self, event: StepEvent) -> None: ...
+
+    def on_eval(self, event: EvalEvent) -> None: ...
+
+    def on_message(self, message: str) -> None: ...
