@@ -97,7 +97,7 @@ def run_training(request: Any, quiet: bool) -> None:
         progress = trainer.run()
     if not quiet:
         print(
-            f"done: step {progress.step}, best val {progress.best_val_bpc:.3f} bpc, "
+            f"done: step {progress.step}, best val {progress.best_val_loss:.3f} bpc, "
             f"saved {trainer.best_path} (last: {trainer.last_path})"
         )
 
