@@ -31,6 +31,19 @@ class EvalEvent:
     sample: str
 
 
+@dataclass
+class ClassifierEvalEvent:
+    """A classifier measured on its validation examples during training."""
+
+    phase: str
+    step: int | None  # None where the phase trains a language model
+    train_loss: float  # nats per example; NaN where the phase trains a language model
+    val_loss: float  # nats per example
+    accuracy: float
+    macro_f1: float
+    improved: bool
+
+
 class Callbacks:
     """Hooks for a front end; the defaults do nothing."""
 
@@ -39,3 +52,8 @@ class Callbacks:
     def on_eval(self, event: EvalEvent) -> None: ...
 
     def on_message(self, message: str) -> None: ...
+
+    def on_phase(self, name: str, detail: str) -> None:
+        """A run made of several trainings (a classifier's) starts the next one."""
+
+    def on_classifier_eval(self, event: ClassifierEvalEvent) -> None: ...
