@@ -25,7 +25,10 @@ def test_train_eval_and_predict_end_to_end(tmp_path: Path) -> None:
         (data / label / f"{n}.txt").write_text(text, encoding="utf-8")
     trained = chargen("classify", "train", data, "--test-frac", "0.2", *TINY, *BUDGET, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
-    assert "language model of 'latin'" in trained.stdout and "test: accuracy 100.00%" in trained.stdout
+    assert (
+        "class language models: one per label (cyrillic, latin)" in trained.stdout
+        and "test: accuracy 100.00%" in trained.stdout
+    )
     model = tmp_path / "checkpoints" / "scripts.clf"
     assert f"saved {Path('checkpoints') / 'scripts.clf'}" in trained.stdout
 

@@ -137,12 +137,28 @@ class DiscriminativeClassifier(nn.Module):
         return Scores(logits)
 
 
+Module = GenerativeClassifier | DiscriminativeClassifier
+
+
+_TEMPERATURES = torch.logspace(-2, 3, 201)
+
+
+def _temperature_losses(logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy of softmax(logits / T) for each T of a log grid."""
+    return torch.stack([F.cross_entropy(logits / t, labels, weight=weight) for t in _TEMPERATURES])
+
+
 def fit_temperature(logits: Tensor, labels: Tensor, tolerance: float = 1e-3) -> float:
-    """The temperature T for which softmax(logits / T) best predicts `labels` (least negative
-    log-likelihood, on a log grid): probabilities that mean what they say. Among temperatures
-    within `tolerance` nats of the best, the highest (the least confident) wins, so examples that
-    are all told apart easily do not drive T to zero and every probability to exactly 0 or 1."""
-    candidates = torch.logspace(-2, 3, 201)
-    nll = torch.stack([F.cross_entropy(logits / t, labels) for t in candidates])
-    good = (nll <= nll.min() + tolerance).nonzero()
-    return float(candidates[int(good.max())])
+    """The temperature T for which softmax(logits / T) best predicts `labels`: probabilities that
+    mean what they say. Among temperatures within `tolerance` nats of the best, the highest (the
+    least confident) wins, so examples that are all told apart easily do not drive T to zero and
+    every probability to exactly 0 or 1."""
+    losses = _temperature_losses(logits, labels)
+    good = (losses <= losses.min() + tolerance).nonzero()
+    return float(_TEMPERATURES[int(good.max())])
+
+
+def calibrated_loss(logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> float:
+    """The cross-entropy of the scores at their best temperature: how well they tell the classes
+    apart, whatever their scale (a generative model's bits are far from calibrated)."""
+    return float(_temperature_losses(logits, labels, weight).min())

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chargen.checkpoint import FileKind, load_checkpoint, load_weights, read_model_config, save_checkpoint
-from chargen.classify.models import DiscriminativeClassifier, GenerativeClassifier
+from chargen.classify.models import DiscriminativeClassifier, GenerativeClassifier, Module
 from chargen.config import ClassifierConfig, ModelConfig, from_dict
 from chargen.data.tokenizers import Tokenizer
 from chargen.errors import CheckpointError, ConfigError
@@ -29,8 +29,6 @@ CLASSIFIER = FileKind(
     },
     optional={"train_config": dict},
 )
-
-Module = GenerativeClassifier | DiscriminativeClassifier
 
 
 @dataclass

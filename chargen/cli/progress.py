@@ -87,7 +87,7 @@ class ClassifierDisplay(TrainingDisplay):
 
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
         super().__init__(quiet, console)
-        self.loss = math.nan  # smoothed training loss of the classifier phase, nats per example
+        self.loss = math.nan  # smoothed training loss of the classifier phase
         self.accuracy = math.nan
 
     def on_phase(self, name: str, detail: str) -> None:
@@ -98,7 +98,7 @@ class ClassifierDisplay(TrainingDisplay):
             self.console.print(f"{name}: {detail}", style="bold", markup=False, highlight=False)
 
     def on_step(self, event: StepEvent) -> None:
-        if math.isnan(event.train_bpc) and math.isfinite(event.loss):  # a classifier's loss, per example
+        if math.isnan(event.train_bpc) and math.isfinite(event.loss):  # a classifier phase
             self.loss = event.loss if math.isnan(self.loss) else 0.9 * self.loss + 0.1 * event.loss
         super().on_step(event)
 
@@ -112,9 +112,9 @@ class ClassifierDisplay(TrainingDisplay):
         self.accuracy = event.accuracy
         if self.quiet:
             return
-        step = f"step {event.step}  train loss {_fmt(event.train_loss)}  " if event.step is not None else ""
         self.console.print(
-            f"{step}val loss {event.val_loss:.4f}  accuracy {event.accuracy:.2%}  macro-F1 {event.macro_f1:.4f}"
-            + (" (best)" if event.improved else ""),
+            f"step {event.step}  train loss {_fmt(event.train_loss)}  val loss {event.val_loss:.4f}  "
+            f"accuracy {event.accuracy:.2%}  macro-F1 {event.macro_f1:.4f}" + (" (best)" if event.improved else ""),
             highlight=False,
+            soft_wrap=True,
         )

@@ -35,10 +35,9 @@ class EvalEvent:
 class ClassifierEvalEvent:
     """A classifier measured on its validation examples during training."""
 
-    phase: str
-    step: int | None  # None where the phase trains a language model
-    train_loss: float  # nats per example; NaN where the phase trains a language model
-    val_loss: float  # nats per example
+    step: int
+    train_loss: float  # the training objective, nats (per example, or per token for language models)
+    val_loss: float  # calibrated cross-entropy, nats per example
     accuracy: float
     macro_f1: float
     improved: bool
