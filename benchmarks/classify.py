@@ -23,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from chargen.classify.fit import Split, split_examples
 from chargen.classify.metrics import Report, report
 from chargen.config import ClassifierConfig, TrainConfig
-from chargen.data.labelled import Examples, read_examples
+from chargen.data.labelled import Examples, Split, read_examples, split_examples
 
 SMS_SPAM = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "sms_spam.tsv"
 TEST_FRAC = 0.2

@@ -198,3 +198,18 @@ def test_temperature_softens_overconfident_scores_without_collapsing() -> None:
     calibrated = torch.softmax(noisy / fit_temperature(noisy, labels), dim=1)
     assert float(calibrated[10, 0]) == pytest.approx(0.9, abs=0.01)
     assert math.isfinite(fit_temperature(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1])))
+
+
+def test_class_models_read_their_texts_at_the_same_pace() -> None:
+    from chargen.classify.models import GenerativeClassifier
+    from chargen.classify.trainer import GenerativeTrainer
+    from chargen.config import ModelConfig, TrainConfig
+
+    texts = [torch.randint(1, 5, (1000,)), torch.randint(1, 5, (250,)), torch.randint(1, 5, (20,))]
+    model = GenerativeClassifier(ModelConfig(vocab_size=5, layers=1, hidden=8), classes=3)
+    val = EncodedExamples([torch.tensor([1, 2, 3])] * 3, torch.tensor([0, 1, 2]))
+    config = TrainConfig(batch_size=8, seq_len=16, max_steps=10, max_time=0)
+    trainer = GenerativeTrainer(model, texts, val, ["a", "b", "c"], config, torch.device("cpu"), None)
+    assert [(s.batch_size, s.seq_len) for s in trainer.streams] == [(8, 16), (2, 16), (1, 16)]
+    trainer.train_step()
+    assert [c.offset for c in trainer.cursors] == [16, 16, 16]

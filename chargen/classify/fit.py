@@ -14,7 +14,6 @@ progress events behave as in `chargen train`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import time
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from chargen.classify.trainer import (
 from chargen.config import ClassifierConfig, ModelConfig, TokenizerConfig, TrainConfig, to_dict
 from chargen.data.batches import Dataset
 from chargen.data.corpus import ReadOptions
-from chargen.data.labelled import Examples, hold_out, read_examples, require_classes
+from chargen.data.labelled import Examples, Split, fingerprint, read_examples, require_classes, split_examples
 from chargen.data.tokenizers import Tokenizer, train_tokenizer
 from chargen.device import select_device, select_precision
 from chargen.errors import TrainingDiverged
@@ -71,13 +70,6 @@ class ClassifyRequest:
 
 
 @dataclass
-class Split:
-    train: Examples
-    val: Examples
-    test: Examples | None
-
-
-@dataclass
 class Fitted:
     path: Path
     classifier: Classifier
@@ -88,21 +80,6 @@ class Fitted:
 
 def classifier_out(data: Path) -> Path:
     return default_out(data).with_suffix(".clf")
-
-
-def fingerprint(examples: Examples) -> str:
-    """Identifies a data set, so evaluation can recognise the one a classifier was trained on."""
-    digest = hashlib.sha256()
-    for label, text in zip(examples.labels, examples.texts):
-        digest.update(f"{label}\x1f{text}\x1e".encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
-
-
-def split_examples(examples: Examples, test_frac: float, val_frac: float, seed: int) -> Split:
-    """The same examples, fractions and seed always give the same split."""
-    rest, test = hold_out(examples, test_frac, seed, "test") if test_frac else (examples, None)
-    train, val = hold_out(rest, val_frac, seed, "validation")
-    return Split(train, val, test)
 
 
 class _Budget:

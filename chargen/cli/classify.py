@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from chargen.cli import common
 from chargen.cli.common import given, pin_threads
 from chargen.errors import ChargenError, ConfigError
+
+if TYPE_CHECKING:
+    from chargen.classify.api import Prediction
+    from chargen.classify.metrics import Report
+    from chargen.data.corpus import ReadOptions
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -142,17 +147,17 @@ def evaluate(
         raise ConfigError(f"--format must be text or json, got {format!r}")
     pin_threads(threads)
     from chargen.classify.api import load_classifier
-    from chargen.classify.fit import fingerprint, split_examples
-    from chargen.data.labelled import read_examples
+    from chargen.data.labelled import fingerprint, read_examples, split_examples
 
     model = load_classifier(classifier, device=device)
     examples = read_examples(data, data_format, _read_options(replace_invalid, allow_binary))
     subset, note, trained_on = "all", "", model.payload["data"]
-    if fingerprint(examples) == trained_on.get("fingerprint"):
-        settings = model.payload["classifier_config"]
-        if settings.get("test_frac"):
-            examples = split_examples(examples, settings["test_frac"], settings["val_frac"], trained_on["seed"]).test
-            subset, note = "test", f"the {len(examples):,} test examples held out when the classifier was trained"
+    if fingerprint(examples) == trained_on.get("fingerprint") and isinstance(trained_on.get("seed"), int):
+        settings = model.loaded.config
+        if settings.test_frac:
+            split = split_examples(examples, settings.test_frac, settings.val_frac, trained_on["seed"])
+            examples, subset = split.test or examples, "test"
+            note = f"the {len(examples):,} test examples held out when the classifier was trained"
         else:
             subset, note = "training", "the examples it was trained on (train with --test-frac to hold some out)"
     scored = model.evaluate(examples)
@@ -193,7 +198,7 @@ def predict(
         sys.stdout.flush()
 
 
-def _read_options(replace_invalid: bool, allow_binary: bool) -> Any:
+def _read_options(replace_invalid: bool, allow_binary: bool) -> ReadOptions:
     from chargen.data.corpus import ReadOptions
 
     return ReadOptions("replace" if replace_invalid else "strict", allow_binary=allow_binary)
@@ -213,7 +218,7 @@ def _read_lines(file: str, replace_invalid: bool) -> list[str]:
     return lines[:-1] if text.endswith("\n") else lines if text else []
 
 
-def _prediction_line(text: str, prediction: Any) -> str:
+def _prediction_line(text: str, prediction: Prediction) -> str:
     ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])
     probabilities = "  ".join(f"{label} {p:.3f}" for label, p in ranked)
     bpc = ""
@@ -223,7 +228,7 @@ def _prediction_line(text: str, prediction: Any) -> str:
     return f"{prediction.label}\t{probabilities}{bpc}\t{json.dumps(shown, ensure_ascii=False)}"
 
 
-def _print_report(scored: Any, title: str) -> None:
+def _print_report(scored: Report, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 

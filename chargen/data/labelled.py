@@ -12,6 +12,7 @@ one CorpusError naming the file, and the line where there is one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
@@ -99,6 +100,28 @@ def hold_out(examples: Examples, fraction: float, seed: int, purpose: str) -> tu
     chosen = set(held)
     kept = [i for i in range(len(examples)) if i not in chosen]
     return examples.subset(kept), examples.subset(sorted(chosen))
+
+
+@dataclass
+class Split:
+    train: Examples
+    val: Examples
+    test: Examples | None
+
+
+def fingerprint(examples: Examples) -> str:
+    """Identifies a data set, so evaluation can recognise the one a classifier was trained on."""
+    digest = hashlib.sha256()
+    for label, text in zip(examples.labels, examples.texts):
+        digest.update(f"{label}\x1f{text}\x1e".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def split_examples(examples: Examples, test_frac: float, val_frac: float, seed: int) -> Split:
+    """The same examples, fractions and seed always give the same split."""
+    rest, test = hold_out(examples, test_frac, seed, "test") if test_frac else (examples, None)
+    train, val = hold_out(rest, val_frac, seed, "validation")
+    return Split(train, val, test)
 
 
 # --- the layouts ----------------------------------------------------------------------------------
