@@ -56,5 +56,6 @@ def main() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"Error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for every rank
+        print(f"Error: {message}", file=sys.stderr)
     sys.exit(code)

@@ -87,11 +87,15 @@ def train(
 
 
 def run_training(request: Any, quiet: bool) -> None:
+    """Under torchrun every rank runs this; rank 0 alone speaks."""
     from chargen.cli.progress import TrainingDisplay
+    from chargen.training.distributed import World, process_group
     from chargen.training.run import prepare
 
-    with TrainingDisplay(quiet=quiet) as display:
-        trainer = prepare(request, display)
+    world = World.from_env()
+    quiet = quiet or not world.is_main
+    with process_group(world, request.train.get("device") or "auto"), TrainingDisplay(quiet=quiet) as display:
+        trainer = prepare(request, display, world)
         if not quiet:
             _describe_run(trainer, display)
         progress = trainer.run()

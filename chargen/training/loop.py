@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from chargen.config import TrainConfig
 from chargen.data.batches import Cursor
 from chargen.errors import ChargenError, TrainingDiverged
+from chargen.training.distributed import World
 from chargen.training.events import Callbacks, StepEvent
 
 MAX_NONFINITE_IN_A_ROW = 5
@@ -63,8 +64,10 @@ class TrainingLoop(ABC):
         device: torch.device,
         dtype: torch.dtype | None,
         callbacks: Callbacks | None = None,
+        world: World | None = None,
     ) -> None:
         self.model = model.to(device)
+        self.world = world or World()
         self.config = config
         self.device = device
         self.dtype = dtype
@@ -186,6 +189,11 @@ class TrainingLoop(ABC):
             now = time.perf_counter()
             p.elapsed += now - clock
             clock = now
+            # Every rank goes on with the same clock and stop request, so all decide alike.
+            p.elapsed, stop_requested, last_eval_seconds = self.world.agree_max(
+                [p.elapsed, float(self._interrupted), last_eval_seconds]
+            )
+            self._interrupted = bool(stop_requested)
             rate_chars += self.chars_per_step()
             self.callbacks.on_step(
                 StepEvent(
@@ -222,7 +230,7 @@ class TrainingLoop(ABC):
         """Validate and record the loss. True when patience has run out."""
         p = self.progress
         started = time.perf_counter()
-        val_loss = self.validate()
+        val_loss = self.world.agree_max([self.validate()])[0]
         eval_seconds = time.perf_counter() - started
         improved = val_loss < p.best_val_loss
         p.last_val_loss = val_loss

@@ -21,6 +21,7 @@ from chargen.data.tokenizers import CharTokenizer, Tokenizer, train_tokenizer
 from chargen.device import select_device, select_precision
 from chargen.errors import CheckpointError, ConfigError, CorpusError
 from chargen.model import CharLM
+from chargen.training.distributed import World
 from chargen.training.events import Callbacks
 from chargen.training.trainer import Trainer, last_checkpoint_path
 
@@ -63,10 +64,15 @@ def check_writable(path: Path) -> None:
         raise ConfigError(f"--out {path} is a folder; give a file name such as {path / 'model.pt'}")
 
 
-def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Trainer:
+def prepare(request: TrainRequest, callbacks: Callbacks | None = None, world: World | None = None) -> Trainer:
+    """A trainer for this process; under torchrun, for this rank of `world`. A group that torchrun
+    restarted after a failure continues from its last checkpoint, as --resume would."""
     callbacks = callbacks or Callbacks()
+    world = world or World()
     out = request.out or default_out(request.corpus)
     check_writable(out)
+    if world.restarted and last_checkpoint_path(out).exists():
+        request = dataclasses.replace(request, resume=True)
     text = read_corpus(request.corpus, request.read)
     info = {
         "source": str(request.corpus),
@@ -108,15 +114,15 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
         characters_scored(val_text, tokenizer.decode(val_ids[:1])),
         info,
     )
-    device = select_device(train_config.device)
+    device = world.device(select_device(train_config.device))
     dtype = select_precision(train_config.precision, device)
     for path in (out, last_checkpoint_path(out)):  # left by a run killed in the middle of a save
         remove_stale_temps(path)
     if resume_payload is None:
-        return Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks)
+        return Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, world=world)
     source = last_checkpoint_path(out)
     try:
-        trainer = Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, resume_payload)
+        trainer = Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, resume_payload, world)
     except (ValueError, KeyError, RuntimeError) as err:  # optimizer.load_state_dict, set_rng_state
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{source}: its training state cannot be restored ({reason})") from None
@@ -127,7 +133,7 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
 def _check_training_state(trainer: Trainer, source: Path) -> None:
     """The saved hidden state and optimizer moments must fit the model, or the first step of the
     resumed run would fail with a bare shape error."""
-    expected = [s.shape for s in trainer.model.initial_state(trainer.config.batch_size)]
+    expected = [s.shape for s in trainer.model.initial_state(trainer.local_batch)]
     if trainer.state is not None and [s.shape for s in trainer.state] != expected:
         raise CheckpointError(f"{source}: the saved hidden state does not fit the model and batch size")
     for group in trainer.optimizer.param_groups:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from chargen.analysis.evaluate import EVAL_BURN_IN, EVAL_ROWS, total_bits
 from chargen.checkpoint import save_checkpoint
@@ -19,6 +19,7 @@ from chargen.data.tokenizers import Tokenizer
 from chargen.device import autocast
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM, State, detach_state
+from chargen.training.distributed import World
 from chargen.training.events import Callbacks, EvalEvent
 from chargen.training.loop import Interrupted, Progress, TrainingLoop, lr_at
 
@@ -32,6 +33,17 @@ def _checkpoint_paths(out: Path) -> tuple[Path, Path, Path]:
 
 def last_checkpoint_path(out: Path) -> Path:
     return _checkpoint_paths(out)[1]
+
+
+class _Scorer(nn.Module):
+    """The loss as a module's forward, the call DDP hooks to average gradients."""
+
+    def __init__(self, model: CharLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: Tensor, targets: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.model.nll(ids, targets, state)
 
 
 class Trainer(TrainingLoop):
@@ -50,14 +62,18 @@ class Trainer(TrainingLoop):
         dtype: torch.dtype | None,
         callbacks: Callbacks | None = None,
         resume: dict[str, Any] | None = None,
+        world: World | None = None,
     ) -> None:
-        super().__init__(model, config, device, dtype, callbacks)
+        super().__init__(model, config, device, dtype, callbacks, world)
         self.tokenizer = tokenizer
         self.data = data
         self.out = out
         self.best_path, self.last_path, self.metrics_path = _checkpoint_paths(out) if out else (None, None, None)
         self.best_weights: dict[str, Tensor] | None = None
         self.batches = StreamBatches(data.train_ids, config.batch_size, config.seq_len)
+        self.rows = self.world.rows(config.batch_size)  # this rank's streams
+        self.local_batch = self.rows.stop - self.rows.start
+        self.scorer = self.world.wrap(_Scorer(model), device)
         self.val_streams = EvalStreams.build(data.val_ids, EVAL_ROWS, EVAL_BURN_IN)
         self.tokens_per_char = len(data.train_ids) / data.train_chars
         self.state: State | None = None
@@ -66,14 +82,17 @@ class Trainer(TrainingLoop):
             self._restore(resume)
         else:
             torch.manual_seed(config.seed)
+        if self.world.rank:  # dropout masks must differ between ranks' blocks of rows
+            torch.manual_seed(torch.initial_seed() + self.world.rank)
 
     # --- one window of the streams ------------------------------------------------------------
     def batch_loss(self) -> Tensor:
         x, y, cursor, new_epoch = self.batches.window(self.progress.cursor)
+        x, y = x[self.rows], y[self.rows]
         if new_epoch or self.state is None:
-            self.state = self.model.initial_state(self.config.batch_size, self.device)
+            self.state = self.model.initial_state(self.local_batch, self.device)
         with autocast(self.device, self.dtype):
-            token_nll, self._next_state = self.model.nll(x.to(self.device), y.to(self.device), self.state)
+            token_nll, self._next_state = self.scorer(x.to(self.device), y.to(self.device), self.state)
         self.progress.cursor = cursor
         return token_nll.mean()
 
@@ -116,7 +135,7 @@ class Trainer(TrainingLoop):
             self._keep_best()
         if self.last_path is not None:
             self._save(self.last_path, resume=True)
-        sample = self._sample() if self.config.sample_chars else ""
+        sample = self._sample() if self.config.sample_chars and self.world.is_main else ""
         event = EvalEvent(
             p.step,
             self.epoch_progress(),
@@ -128,7 +147,7 @@ class Trainer(TrainingLoop):
             p.elapsed,
             sample,
         )
-        if self.metrics_path is not None:
+        if self.metrics_path is not None and self.world.is_main:
             self._log(event)
         self.callbacks.on_eval(event)
 
@@ -190,12 +209,15 @@ class Trainer(TrainingLoop):
                 "last_val_bpc": p.last_val_loss,
                 "evals_without_improvement": p.evals_without_improvement,
                 "rng": torch.get_rng_state(),
-                "hidden": [s.detach().cpu() for s in self.state] if self.state is not None else [],
+                "hidden": list(self.world.gather_rows(self.state)) if self.state is not None else [],
             }
         return payload
 
     def _save(self, path: Path, resume: bool) -> None:
-        save_checkpoint(path, self.payload(resume))
+        """Every rank takes part (the hidden state is gathered); rank 0 alone writes."""
+        payload = self.payload(resume)
+        if self.world.is_main:
+            save_checkpoint(path, payload)
 
     def _restore(self, payload: dict[str, Any]) -> None:
         r = payload["resume"]
@@ -209,4 +231,4 @@ class Trainer(TrainingLoop):
             evals_without_improvement=r["evals_without_improvement"],
         )
         torch.set_rng_state(r["rng"])
-        self.state = tuple(s.to(self.device) for s in r["hidden"]) or None
+        self.state = tuple(s[:, self.rows].to(self.device) for s in r["hidden"]) or None
