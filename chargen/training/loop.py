@@ -74,7 +74,8 @@ class TrainingLoop(ABC):
         self.callbacks = callbacks or Callbacks()
         self.optimizer = self._make_optimizer()
         self.progress = Progress()
-        self._interrupted = False
+        self._stop_requested = False  # by Ctrl-C, on this rank
+        self._interrupted = False  # agreed by every rank: only this one steers the loop
 
     # --- what a subclass supplies -------------------------------------------------------------
     @abstractmethod
@@ -164,7 +165,7 @@ class TrainingLoop(ABC):
 
     def request_stop(self) -> None:
         """Finish the current step, keep what a restart needs, then raise Interrupted."""
-        self._interrupted = True
+        self._stop_requested = True
 
     def run(self) -> Progress:
         """Train until a budget is used or patience runs out."""
@@ -191,7 +192,7 @@ class TrainingLoop(ABC):
             clock = now
             # Every rank goes on with the same clock and stop request, so all decide alike.
             p.elapsed, stop_requested, last_eval_seconds = self.world.agree_max(
-                [p.elapsed, float(self._interrupted), last_eval_seconds]
+                [p.elapsed, float(self._stop_requested), last_eval_seconds]
             )
             self._interrupted = bool(stop_requested)
             rate_chars += self.chars_per_step()
