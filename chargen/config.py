@@ -124,7 +124,7 @@ class ClassifierConfig:
     """How to build and train a text classifier (chargen.classify); stored in the classifier file.
     Language-model phases take their other settings from TrainConfig."""
 
-    method: Method = "generative"
+    method: Method = "discriminative"
     pretrain_frac: float = 0.5  # share of a time budget for the base language model; 0 skips it
     finetune_lr: float = 2e-3  # per-class language models and the discriminative classifier
     batch_size: int = 32  # examples per discriminative step

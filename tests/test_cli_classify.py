@@ -23,7 +23,9 @@ def test_train_eval_and_predict_end_to_end(tmp_path: Path) -> None:
     for n, (label, text) in enumerate(latin_and_cyrillic()):  # the IMDB layout: data/<label>/<n>.txt
         (data / label).mkdir(parents=True, exist_ok=True)
         (data / label / f"{n}.txt").write_text(text, encoding="utf-8")
-    trained = chargen("classify", "train", data, "--test-frac", "0.2", *TINY, *BUDGET, cwd=tmp_path)
+    trained = chargen(
+        "classify", "train", data, "--method", "generative", "--test-frac", "0.2", *TINY, *BUDGET, cwd=tmp_path
+    )
     assert trained.returncode == 0, trained.stderr
     assert (
         "class language models: one per label (cyrillic, latin)" in trained.stdout

@@ -39,7 +39,7 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 def train(
     data: Annotated[Path, typer.Argument(help="Labelled examples: a folder or a .tsv / .jsonl file.")],
     out: Annotated[Path | None, typer.Option(help="Classifier path [default: checkpoints/<data>.clf].")] = None,
-    method: Annotated[str | None, typer.Option(help="generative or discriminative [generative].")] = None,
+    method: Annotated[str | None, typer.Option(help="generative or discriminative [discriminative].")] = None,
     data_format: DataFormat = "auto",
     test_frac: Annotated[
         float | None, typer.Option(help="Hold out this fraction of each class for a test [0].")
