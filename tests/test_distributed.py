@@ -136,3 +136,17 @@ def test_ctrl_c_to_the_launcher_saves_one_checkpoint_that_resumes_under_torchrun
     resumed = _run(_torchrun(f"{args} --resume --max-steps {step + 3}"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"done: step {step + 3}" in resumed.stdout
+
+
+def _kill_one_rank(out: Path) -> None:
+    ranks = subprocess.run(["pgrep", "-f", f"chargen train .*{out}"], capture_output=True, text=True)
+    os.kill(int(ranks.stdout.split()[-1]), signal.SIGKILL)
+
+
+def test_a_killed_rank_without_restarts_ends_every_process_promptly(corpus: Path, tmp_path: Path) -> None:
+    out, log = tmp_path / "m.pt", tmp_path / "log.txt"
+    launcher = _start(_torchrun(f"{corpus} {TINY} --batch-size 8 --eval-every 5 --max-steps 100000 --out {out}"), log)
+    _wait_for(out.with_name("m.last.pt"), launcher)
+    _kill_one_rank(out)
+    assert launcher.wait(timeout=60) != 0
+    assert subprocess.run(["pgrep", "-f", f"chargen train .*{out}"]).returncode == 1  # no rank left
