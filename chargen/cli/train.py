@@ -95,7 +95,7 @@ def run_training(request: Any, quiet: bool) -> None:
     world = World.from_env()
     quiet = quiet or not world.is_main
     with process_group(world, request.train.get("device") or "auto"), TrainingDisplay(quiet=quiet) as display:
-        trainer = prepare(request, display, world)
+        trainer = prepare(request, display)
         if not quiet:
             _describe_run(trainer, display)
         progress = trainer.run()

@@ -190,11 +190,6 @@ class TrainingLoop(ABC):
             now = time.perf_counter()
             p.elapsed += now - clock
             clock = now
-            # Every rank goes on with the same clock and stop request, so all decide alike.
-            p.elapsed, stop_requested, last_eval_seconds = self.world.agree_max(
-                [p.elapsed, float(self._stop_requested), last_eval_seconds]
-            )
-            self._interrupted = bool(stop_requested)
             rate_chars += self.chars_per_step()
             self.callbacks.on_step(
                 StepEvent(
@@ -210,6 +205,11 @@ class TrainingLoop(ABC):
             )
             if now - rate_clock > 10:
                 rate_clock, rate_chars = now, 0.0
+            # Every rank goes on with the same clock and stop request, so all decide alike.
+            p.elapsed, stop_requested, last_eval_seconds = self.world.agree_max(
+                [p.elapsed, float(self._stop_requested), last_eval_seconds]
+            )
+            self._interrupted = bool(stop_requested)
             time_left = c.max_time - p.elapsed if c.max_time else math.inf
             finishing = self.fraction_done() >= 1.0 or time_left <= last_eval_seconds
             if p.step % c.eval_every == 0 or finishing:

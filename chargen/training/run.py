@@ -68,7 +68,7 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None, world: Wo
     """A trainer for this process; under torchrun, for this rank of `world`. A group that torchrun
     restarted after a failure continues from its last checkpoint, as --resume would."""
     callbacks = callbacks or Callbacks()
-    world = world or World()
+    world = world or World.from_env()
     out = request.out or default_out(request.corpus)
     check_writable(out)
     if world.restarted and last_checkpoint_path(out).exists():
