@@ -5,12 +5,27 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
+from itertools import pairwise
 from typing import Any, Literal
 
 from chargen.errors import ConfigError
 
 Cell = Literal["lstm", "gru", "rnn"]
 TokenizerKind = Literal["char", "sentencepiece"]
+OutputKind = Literal["full", "adaptive"]
+
+
+# Above this many tokens `--output auto` picks the adaptive softmax, which is faster there;
+# measured with benchmarks/vocab.py (README, Performance).
+ADAPTIVE_ABOVE = 1000
+
+
+def resolve_output(requested: str, vocab_size: int, tie_weights: bool) -> str:
+    """'auto' is the adaptive softmax above ADAPTIVE_ABOVE tokens, unless weights are tied (only
+    the full softmax has one output row per token to share with the embedding)."""
+    if requested == "auto":
+        return "adaptive" if vocab_size > ADAPTIVE_ABOVE and not tie_weights else "full"
+    return requested
 
 
 def _require(ok: bool, message: str) -> None:
@@ -29,6 +44,8 @@ class ModelConfig:
     embed: int = 0  # 0 means auto: see embed_dim
     dropout: float = 0.1
     tie_weights: bool = False
+    output: OutputKind = "full"  # checkpoints from before the adaptive softmax have the full one
+    cutoffs: tuple[int, ...] = ()  # adaptive only: cluster boundaries in frequency rank
 
     def __post_init__(self) -> None:
         _require(self.vocab_size >= 2, f"vocab_size must be at least 2, got {self.vocab_size}")
@@ -42,6 +59,25 @@ class ModelConfig:
                 self.embed_dim == self.hidden,
                 "--tie-weights needs --embed equal to --hidden (or 0)",
             )
+        _require(self.output in ("full", "adaptive"), f"--output must be auto, full or adaptive, got {self.output!r}")
+        if self.output == "adaptive":
+            _require(not self.tie_weights, "--tie-weights needs the full softmax: use --output full")
+            bounds = (0, *self.cutoffs, self.vocab_size)
+            _require(
+                bool(self.cutoffs) and all(a < b for a, b in pairwise(bounds)),
+                f"adaptive cutoffs must rise strictly between 0 and the vocabulary size {self.vocab_size}, "
+                f"got {self.cutoffs}",
+            )
+        else:
+            _require(not self.cutoffs, "cutoffs are for the adaptive softmax only")
+
+    def describe_output(self) -> str:
+        """The output layer in a few words, for `chargen info`, training and the REPL."""
+        if self.output == "full":
+            return "full softmax"
+        bounds = (*self.cutoffs, self.vocab_size)
+        clusters = ", ".join(f"{low}-{high - 1}" for low, high in pairwise(bounds))
+        return f"adaptive softmax (head {self.cutoffs[0]}, clusters {clusters} by frequency rank)"
 
     @property
     def embed_dim(self) -> int:

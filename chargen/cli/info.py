@@ -26,6 +26,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
             f"{m['layers']}×{m['hidden']} {m['cell'].upper()}, embed {loaded.model.config.embed_dim}, "
             f"dropout {m['dropout']}, tied {m['tie_weights']}",
         ),
+        ("output layer", loaded.model.config.describe_output()),
         ("parameters", f"{loaded.model.num_parameters():,}"),
         ("tokenizer", f"{loaded.tokenizer.kind}, vocab {loaded.tokenizer.vocab_size}"),
         ("steps", f"{metrics.get('step')}  (epoch {metrics.get('epoch', 0):.2f})"),

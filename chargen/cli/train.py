@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from chargen.cli.common import given, pin_threads
-from chargen.config import parse_duration
+from chargen.config import ADAPTIVE_ABOVE, parse_duration
 
 
 def train(
@@ -29,6 +29,10 @@ def train(
     embed: Annotated[int | None, typer.Option(help="Embedding size [0 = auto: min(hidden, 128)].")] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout between layers.")] = None,
     tie_weights: Annotated[bool | None, typer.Option(help="Share embedding and output weights.")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help=f"Output layer: auto, full or adaptive softmax [auto: adaptive above {ADAPTIVE_ABOVE} ids]."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Parallel streams.")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per backprop window.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
@@ -58,7 +62,15 @@ def train(
         corpus=corpus,
         out=out,
         read=ReadOptions("replace" if replace_invalid else "strict", not keep_crlf, allow_binary),
-        model=given(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, tie_weights=tie_weights),
+        model=given(
+            cell=cell,
+            layers=layers,
+            hidden=hidden,
+            embed=embed,
+            dropout=dropout,
+            tie_weights=tie_weights,
+            output=output,
+        ),
         tokenizer=given(kind=tokenizer, vocab_size=vocab_size, model_type=sp_type),
         train=given(
             batch_size=batch_size,
@@ -123,6 +135,7 @@ def _describe_run(trainer: Any, display: Any) -> None:
     precision = "bf16" if trainer.dtype is not None else "fp32"
     display.console.print(
         f"{m.layers}×{m.hidden} {m.cell.upper()} · {trainer.tokenizer.kind} vocab {m.vocab_size} · "
+        f"{m.describe_output()} · "
         f"{trainer.model.num_parameters() / 1e6:.2f}M params · {len(trainer.data.train_ids):,} train tokens · "
         f"batch {c.batch_size}×{c.seq_len} · {trainer.device.type} {precision} · budget {budget}"
         + (f" · resuming at step {trainer.progress.step}" if trainer.progress.step else ""),

@@ -197,7 +197,7 @@ class Sampler:
         out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T, H)
         last = out[torch.arange(len(ids)), lengths_t - 1]
         new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
-        return new_state, model.head(last).float()
+        return new_state, model.head.scores(last).float()
 
     @torch.inference_mode()
     def stream(self, context: Context, config: SampleConfig, first_index: int = 0) -> Iterator[Step]:

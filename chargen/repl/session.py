@@ -29,6 +29,8 @@ def describe_model(checkpoint: Path, payload: dict[str, Any], vocab_size: int) -
         f"{m['layers']}×{m['hidden']} {m['cell'].upper()}",
         f"{payload['tokenizer']['kind']} vocab {vocab_size}",
     ]
+    if m.get("output") == "adaptive":
+        parts.append("adaptive softmax")
     if isinstance(bpc, float) and math.isfinite(bpc):
         parts.append(f"val {bpc:.2f} bpc")
     return " · ".join(parts)

@@ -14,13 +14,14 @@ import torch
 
 from chargen.analysis.evaluate import characters_scored
 from chargen.checkpoint import build_model, load_checkpoint, remove_stale_temps
-from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
+from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict, resolve_output
 from chargen.data.batches import Dataset
 from chargen.data.corpus import ReadOptions, read_corpus, split_validation
 from chargen.data.tokenizers import CharTokenizer, Tokenizer, train_tokenizer
 from chargen.device import select_device, select_precision
 from chargen.errors import CheckpointError, ConfigError, CorpusError
 from chargen.model import CharLM
+from chargen.output import adaptive_cutoffs
 from chargen.training.events import Callbacks
 from chargen.training.trainer import Trainer, last_checkpoint_path
 
@@ -86,6 +87,7 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     if len(train_text) < 2 or len(val_text) < 2:  # before a tokenizer is trained on nothing
         raise _too_small(len(train_text), train_config.seq_len, train_config.val_frac, chars_per_token=1.0)
 
+    model: CharLM | None = None  # a new run's model is built once the token counts are known
     if resume_payload is not None:
         loaded = build_model(resume_payload, last_checkpoint_path(out))
         model, tokenizer = loaded.model, loaded.tokenizer
@@ -95,9 +97,10 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     else:
         torch.manual_seed(train_config.seed)  # the model's initial weights follow --seed
         tokenizer = train_tokenizer(train_text, TokenizerConfig(**request.tokenizer))
-        model = CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, **request.model))
 
     train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
+    if model is None:
+        model = _new_model(request.model, tokenizer.vocab_size, train_ids)
     train_config = _fit_batch(train_config, train_ids, val_ids, train_text, callbacks)
     data = Dataset(
         train_ids,
@@ -120,6 +123,21 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
         raise CheckpointError(f"{source}: its training state cannot be restored ({reason})") from None
     _check_training_state(trainer, source)
     return trainer
+
+
+def _new_model(options: dict[str, Any], vocab_size: int, train_ids: torch.Tensor) -> CharLM:
+    """A fresh model; `--output auto` becomes the full or the adaptive softmax here, the
+    adaptive one ranked by the training text's token frequencies."""
+    options = dict(options)
+    tie_weights = options.get("tie_weights", False)
+    output = resolve_output(options.pop("output", "auto"), vocab_size, tie_weights)
+    if output == "full":
+        return CharLM(ModelConfig(vocab_size=vocab_size, output="full", **options))
+    counts = torch.bincount(train_ids.long(), minlength=vocab_size)
+    config = ModelConfig(vocab_size=vocab_size, output="adaptive", cutoffs=adaptive_cutoffs(counts), **options)
+    model = CharLM(config)
+    model.head.set_frequencies(counts)
+    return model
 
 
 def _check_training_state(trainer: Trainer, source: Path) -> None:
@@ -216,18 +234,15 @@ def _fine_tune_start(
 
 
 def _grow_vocabulary(model: CharLM, old: CharTokenizer, new: CharTokenizer) -> CharLM:
-    """Copy each known character's embedding and output row to its new id; new rows start fresh."""
+    """Copy each known character's embedding and output weights to its new id; new ones start
+    fresh (in the adaptive softmax, as the rarest tokens)."""
     grown = CharLM(dataclasses.replace(model.config, vocab_size=new.vocab_size))
-    state = grown.state_dict()
-    old_state = model.state_dict()
     new_index = {c: i + 1 for i, c in enumerate(new.chars)}
     mapping = torch.tensor([0] + [new_index[c] for c in old.chars])  # old id -> new id
-    for key, value in old_state.items():
-        if key in ("embed.weight", "head.weight", "head.bias"):
-            state[key][mapping] = value
-        else:
-            state[key] = value
-    grown.load_state_dict(state)
+    with torch.no_grad():
+        grown.rnn.load_state_dict(model.rnn.state_dict())
+        grown.embed.weight[mapping] = model.embed.weight
+        grown.head.copy_grown(model.head, mapping)
     return grown
 
 
