@@ -39,8 +39,9 @@ def decode(data: bytes, name: str, options: ReadOptions) -> str:
         text = data.decode("utf-8-sig", errors=options.errors)
     except UnicodeDecodeError as err:
         offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, offset) + 1
         raise CorpusError(
-            f"{name} is not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
+            f"{name} is not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}) on line {line}; "
             "convert it to UTF-8 or pass --replace-invalid to replace bad bytes with U+FFFD"
         ) from None
     if options.normalize_newlines:
@@ -55,7 +56,8 @@ def _read_bytes(path: Path) -> bytes:
         raise CorpusError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def _folder_files(folder: Path) -> list[Path]:
+def folder_files(folder: Path) -> list[Path]:
+    """The visible files under `folder`, recursively, in sorted order."""
     files = sorted(
         p
         for p in folder.rglob("*")
@@ -75,7 +77,7 @@ def read_corpus(path: str | Path, options: ReadOptions = ReadOptions()) -> str:
         raise CorpusError(f"{path} does not exist; give a text file or a folder of text files")
     if path.is_dir():
         texts = []
-        for file in _folder_files(path):
+        for file in folder_files(path):
             data = _read_bytes(file)
             if not options.allow_binary and looks_binary(data):
                 continue

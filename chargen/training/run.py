@@ -93,7 +93,9 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
         model, tokenizer = loaded.model, loaded.tokenizer
     elif request.init_from is not None:
         torch.manual_seed(train_config.seed)
-        model, tokenizer = _fine_tune_start(request, request.init_from, text, callbacks)
+        model, tokenizer = fine_tune_start(
+            request.init_from, text, request.model, request.tokenizer, request.grow_vocab, callbacks
+        )
     else:
         torch.manual_seed(train_config.seed)  # the model's initial weights follow --seed
         tokenizer = train_tokenizer(train_text, TokenizerConfig(**request.tokenizer))
@@ -101,7 +103,7 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
     if model is None:
         model = _new_model(request.model, tokenizer.vocab_size, train_ids)
-    train_config = _fit_batch(train_config, train_ids, val_ids, train_text, callbacks)
+    train_config = fit_batch(train_config, train_ids, val_ids, train_text, callbacks)
     data = Dataset(
         train_ids,
         val_ids,
@@ -200,11 +202,16 @@ def _resumed_config(payload: dict[str, Any], request: TrainRequest, info: dict[s
     return from_dict(TrainConfig, {**old_train, **overrides})
 
 
-def _fine_tune_start(
-    request: TrainRequest, init_from: Path, text: str, callbacks: Callbacks
+def fine_tune_start(
+    init_from: Path,
+    text: str,
+    model_options: dict[str, Any],
+    tokenizer_options: dict[str, Any],
+    grow_vocab: bool,
+    callbacks: Callbacks,
 ) -> tuple[CharLM, Tokenizer]:
     """The other model's weights and tokenizer; its architecture is kept (only dropout may change)."""
-    shape_options = sorted(set(request.model) - {"dropout"}) + sorted(request.tokenizer)
+    shape_options = sorted(set(model_options) - {"dropout"}) + sorted(tokenizer_options)
     if shape_options:
         flag = "--" + shape_options[0].replace("_", "-")
         raise ConfigError(
@@ -212,14 +219,14 @@ def _fine_tune_start(
         )
     loaded = build_model(load_checkpoint(init_from), init_from)
     model, tokenizer = loaded.model, loaded.tokenizer
-    if request.model.get("dropout") is not None:
-        config = dataclasses.replace(model.config, dropout=request.model["dropout"])
+    if model_options.get("dropout") is not None:
+        config = dataclasses.replace(model.config, dropout=model_options["dropout"])
         rebuilt = CharLM(config)
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
     if isinstance(tokenizer, CharTokenizer):
         missing = tokenizer.covers(text)
-        if missing and not request.grow_vocab:
+        if missing and not grow_vocab:
             shown = "".join(missing[:20])
             raise CorpusError(
                 f"the corpus has {len(missing)} characters the model's vocabulary lacks ({shown!r}); "
@@ -246,7 +253,7 @@ def _grow_vocabulary(model: CharLM, old: CharTokenizer, new: CharTokenizer) -> C
     return grown
 
 
-def _fit_batch(
+def fit_batch(
     config: TrainConfig, train_ids: torch.Tensor, val_ids: torch.Tensor, train_text: str, callbacks: Callbacks
 ) -> TrainConfig:
     """Shrink the batch, visibly, when a small corpus cannot fill it; refuse a corpus below one window."""
