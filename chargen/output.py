@@ -101,6 +101,7 @@ class AdaptiveSoftmax(nn.Module):
             self.tails.append(nn.Sequential(nn.Linear(hidden, width, bias=False), nn.Linear(width, size)))
         self.register_buffer("rank", torch.arange(vocab))
         self.register_buffer("_inner_bounds", torch.tensor(config.cutoffs), persistent=False)
+        self.register_load_state_dict_post_hook(_check_rank)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -172,6 +173,14 @@ class AdaptiveSoftmax(nn.Module):
         added[mapping] = False
         self.rank[mapping] = old.rank
         self.rank[added] = torch.arange(len(old.rank), len(self.rank))
+
+
+def _check_rank(layer: AdaptiveSoftmax, _incompatible: object) -> None:
+    """A loaded `rank` must be a permutation of the ids, or probabilities would land on the
+    wrong tokens (or indexing would fail mid-sampling)."""
+    rank = layer.rank
+    if not torch.equal(rank.sort().values, torch.arange(len(rank), device=rank.device)):
+        raise RuntimeError("the adaptive softmax's token ranks are not a permutation of the vocabulary")
 
 
 OutputLayer = FullSoftmax | AdaptiveSoftmax
