@@ -25,6 +25,7 @@ ADAPTIVE_ABOVE = 1000
 def resolve_output(requested: str, vocab_size: int, tie_weights: bool) -> str:
     """'auto' is the adaptive softmax above ADAPTIVE_ABOVE tokens, unless weights are tied (only
     the full softmax has one output row per token to share with the embedding)."""
+    _require(requested in ("auto", "full", "adaptive"), f"--output must be auto, full or adaptive, got {requested!r}")
     if requested == "auto":
         return "adaptive" if vocab_size > ADAPTIVE_ABOVE and not tie_weights else "full"
     return requested

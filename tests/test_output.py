@@ -170,8 +170,8 @@ def test_auto_output_is_adaptive_above_the_threshold_unless_forced_or_tied() -> 
     assert resolve_output("adaptive", 50, tie_weights=False) == "adaptive"
     with pytest.raises(ConfigError, match="--tie-weights"):
         ModelConfig(vocab_size=50, hidden=16, embed=16, tie_weights=True, output="adaptive", cutoffs=(10,))
-    with pytest.raises(ConfigError, match="--output"):
-        ModelConfig(vocab_size=50, output="hierarchical")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--output must be auto, full or adaptive"):
+        resolve_output("sparse", 5000, tie_weights=False)
 
 
 @pytest.fixture(scope="module")
