@@ -3,6 +3,7 @@
     python benchmarks/vocab.py                 # training step, evaluation and sampling; torch's threads
     python benchmarks/vocab.py --threads 1
     python benchmarks/vocab.py --sweep         # where the adaptive softmax starts to pay: step time by vocabulary
+    python benchmarks/vocab.py --quality 10m   # validation bpc on songci after equal training time, full vs adaptive
 
 The model is chargen's default (2×512 LSTM, batch 64×64, its default precision), built by the
 trainer itself. The reference is the same step on tinyshakespeare (65 characters), where the
@@ -16,14 +17,20 @@ speed does not depend on them).
 character frequencies, cut to the V most frequent ones: the output layer's cost depends only on
 the vocabulary and how often each token occurs, so this shows the vocabulary size above which
 the adaptive softmax is faster (chargen's `--output auto` threshold).
+
+--quality runs `chargen train songci.txt --max-time BUDGET` as a user would (defaults, in a
+subprocess), once with `--output full` and once with `--output adaptive`, and prints the best
+validation bpc each reached and how many steps it took.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -160,6 +167,22 @@ def sweep(args: argparse.Namespace, folder: Path) -> None:
         )
 
 
+def quality(args: argparse.Namespace, folder: Path) -> None:
+    print(f"songci.txt, chargen defaults, --max-time {args.quality} each:")
+    results = {}
+    for output in ("full", "adaptive"):
+        out = folder / f"songci-{output}.pt"
+        command = [sys.executable, "-m", "chargen", "train", str(SONGCI), "--output", output]
+        command += ["--max-time", args.quality, "--out", str(out), "--quiet"]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        subprocess.run(command, check=True)
+        log = [json.loads(line) for line in out.with_name(f"{out.stem}.metrics.jsonl").read_text().splitlines()]
+        results[output] = min(r["val_bpc"] for r in log)
+        print(f"  {output:<8} best val {results[output]:.3f} bpc after {log[-1]['step']} steps")
+    print(f"summary: adaptive - full = {results['adaptive'] - results['full']:+.3f} bpc")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
@@ -171,6 +194,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="step time by vocabulary size instead")
     parser.add_argument("--vocab", type=int, nargs="+", default=[256, 512, 1000, 2000, 4000])
     parser.add_argument("--sweep-chars", type=int, default=300_000, help="characters of each sweep text")
+    parser.add_argument("--quality", metavar="BUDGET", help="train on songci for BUDGET (e.g. 3m) with each layer")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,7 +203,8 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"CPU: {cpu_model()} · torch {torch.__version__} · threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
-        (sweep if args.sweep else compare)(args, Path(tmp))
+        mode = quality if args.quality else sweep if args.sweep else compare
+        mode(args, Path(tmp))
 
 
 if __name__ == "__main__":
