@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import cpu_model
 
 from chargen.config import ADAPTIVE_ABOVE, SampleConfig
 from chargen.data.batches import EvalStreams
@@ -50,16 +50,6 @@ CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 SHAKESPEARE, SONGCI = CORPORA / "tinyshakespeare.txt", CORPORA / "songci.txt"
 BATCH, SEQ = 64, 64
 EVAL_TOKENS = 64 * 1024
-
-
-def cpu_model() -> str:
-    """lscpu's model name (what the figures in the README are quoted with)."""
-    try:
-        listing = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    names = [line.split(":", 1)[1].strip() for line in listing.splitlines() if line.startswith("Model name")]
-    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def trainer_for(corpus: Path, output: str, folder: Path) -> Trainer:

@@ -227,3 +227,20 @@ def test_a_checkpoint_from_before_the_adaptive_softmax_loads_as_full(tiny_checkp
     loaded = build_model(load_checkpoint(old), old)
     assert loaded.model.config.output == "full"
     assert set(loaded.model.head.state_dict()) == {"weight", "bias"}
+
+
+def test_a_grown_vocabulary_keeps_the_known_characters_probabilities_in_the_head(adaptive_checkpoint: Path) -> None:
+    from chargen.training.events import Callbacks
+    from chargen.training.run import fine_tune_start
+
+    old = build_model(load_checkpoint(adaptive_checkpoint), adaptive_checkpoint)
+    model, tokenizer = fine_tune_start(adaptive_checkpoint, CHINESE + "新字", {}, {}, True, Callbacks())
+    assert tokenizer.vocab_size == old.tokenizer.vocab_size + 2
+    assert torch.equal(model.head.rank.sort().values, torch.arange(tokenizer.vocab_size))
+    hidden = torch.randn(4, 32)
+    with torch.no_grad():
+        before, after = old.model.head.scores(hidden), model.head.scores(hidden)
+    in_head = [c for i, c in enumerate(old.tokenizer.chars, start=1) if old.model.head.rank[i] < model.head.shortlist]
+    old_ids, new_ids = old.tokenizer.encode("".join(in_head)), tokenizer.encode("".join(in_head))
+    torch.testing.assert_close(after[:, new_ids.long()], before[:, old_ids.long()])
+    assert int(model.head.rank[tokenizer.encode("新").long()]) >= old.tokenizer.vocab_size  # the rarest
