@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -19,6 +20,25 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Character-level text generation: train on your own text, sample, explore in a REPL.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"chargen {version('chargen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Character-level text generation: train on your own text, sample, explore in a REPL."""
+
+
 app.command()(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command()(info.info)

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
+from chargen.cli.common import console
+
 
 def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint.")]) -> None:
     """What a checkpoint holds: model, tokenizer, training, metrics."""
-    from rich.console import Console
     from rich.table import Table
 
     from chargen.checkpoint import load_model
@@ -38,7 +39,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
     ]
     for key, value in rows:
         table.add_row(key, value)
-    Console().print(table)
+    console().print(table)
 
 
 def _num(value: Any) -> str:

@@ -12,10 +12,10 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from rich.color import Color
-from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
+from chargen.cli.common import console
 from chargen.repl.commands import CommandError, parse_line
 from chargen.repl.session import Session
 
@@ -137,8 +137,8 @@ class Display:
 
     def __init__(self, interactive: bool) -> None:
         self.interactive = interactive
-        self._out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-        self._notes = Console(file=sys.stdout if interactive else sys.stderr, highlight=False, soft_wrap=True)
+        self._out = console(sys.stdout, soft_wrap=True)
+        self._notes = console(sys.stdout if interactive else sys.stderr, soft_wrap=True)
         self._line_open = False
 
     def write(self, text: str, style: Style | str | None = None) -> None:
