@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from chargen.cli import classify, demo, evaluate, info, repl, sample, train
+from chargen.cli import classify, demo, evaluate, info, plot, repl, sample, train
 from chargen.errors import ChargenError
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ app.command()(info.info)
 app.command()(demo.demo)
 app.command()(sample.sample)
 app.command()(repl.repl)
+app.command()(plot.plot)
 app.add_typer(classify.app, name="classify")
 
 
