@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from chargen.cli import classify, demo, evaluate, info, plot, repl, sample, train
+from chargen.cli import classify, demo, evaluate, info, plot, repl, report, sample, train
 from chargen.errors import ChargenError
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ app.command()(demo.demo)
 app.command()(sample.sample)
 app.command()(repl.repl)
 app.command()(plot.plot)
+app.command()(report.report)
 app.add_typer(classify.app, name="classify")
 
 
