@@ -46,9 +46,13 @@ class Surprise:
         return lines
 
 
-def token_pieces(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
-    """Each token's text, decoded incrementally so that byte-fallback pieces of one character
-    give the character once (on its last byte) and the pieces concatenate to the text."""
+def token_pieces(tokenizer: Tokenizer, ids: list[int], text: str) -> list[str]:
+    """Each token's text, so that the pieces concatenate to the text. A character tokenizer's
+    token is the text's own character (an unseen one has the "unknown" id, which decodes to
+    U+FFFD); subwords are decoded incrementally, so byte-fallback pieces of one character give
+    the character once, on its last byte."""
+    if tokenizer.kind == "char" and len(ids) == len(text):
+        return list(text)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     return [decoder.decode(tokenizer.token_bytes[i]) for i in ids]
 
@@ -75,7 +79,7 @@ def read_surprise(model: CharLM, tokenizer: Tokenizer, text: str, ids: torch.Ten
     target_bits = (torch.cat(nats, 1)[scored] / math.log(2)).tolist()
     probs, guess_ids = torch.cat(top_p, 1)[scored].tolist(), torch.cat(top_i, 1)[scored].tolist()
     id_list = ids.tolist()
-    pieces = token_pieces(tokenizer, id_list)
+    pieces = token_pieces(tokenizer, id_list, text)
     guesses = [[]] + [list(zip(i, p)) for i, p in zip(guess_ids, probs)]
     characters = characters_scored(text, tokenizer.decode(id_list[:1]))
     return Surprise(pieces, [math.nan, *target_bits], guesses, characters)
