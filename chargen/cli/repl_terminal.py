@@ -15,7 +15,7 @@ from rich.color import Color
 from rich.style import Style
 from rich.text import Text
 
-from chargen.cli.common import console
+from chargen.cli.common import console, plain_output
 from chargen.repl.commands import CommandError, parse_line
 from chargen.repl.session import Session
 
@@ -35,7 +35,10 @@ def serve(lines: Iterator[str], session: Session, display: Display) -> None:
                     continue
                 display.note(session.apply(command))
                 if command.name == "color" and session.color and display.interactive:
-                    display.legend()
+                    if plain_output():
+                        display.hint("NO_COLOR is set, so the text is not shaded")
+                    else:
+                        display.legend()
             except CommandError as err:
                 display.hint(str(err))
 

@@ -4,6 +4,7 @@ best/last checkpoints that a run can resume from. The loop itself is chargen.tra
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -125,11 +126,14 @@ class Trainer(TrainingLoop):
             p.elapsed,
             sample,
         )
-        self._record(event)
+        record = self._record(event)
         if improved:
             self._keep_best()
         if self.last_path is not None:
             self._save(self.last_path, resume=True)
+        if self.metrics_path is not None:  # after the saves, which create the folder
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
         self.callbacks.on_eval(event)
 
     def _keep_best(self) -> None:
@@ -145,11 +149,9 @@ class Trainer(TrainingLoop):
         self.model.train()
         return text
 
-    def _record(self, event: EvalEvent) -> None:
-        """One line of the metrics log, and the same record in the history every checkpoint
-        carries (so a single shared file still has its training curve)."""
-        import json
-
+    def _record(self, event: EvalEvent) -> dict[str, float]:
+        """The evaluation as a record of the history every checkpoint carries (so a single shared
+        file still has its training curve); the metrics log gets the same record as a line."""
         record = {
             "step": event.step,
             "epoch": round(event.epoch, 4),
@@ -161,9 +163,7 @@ class Trainer(TrainingLoop):
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         self.history.append(record)
-        if self.metrics_path is not None:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        return record
 
     # --- checkpoints ------------------------------------------------------------------------
     def payload(self, resume: bool) -> dict[str, Any]:
