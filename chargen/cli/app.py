@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
-from chargen.cli import classify, demo, evaluate, info, repl, sample, train
+from chargen.cli import classify, demo, evaluate, info, plot, repl, report, sample, train
 from chargen.errors import ChargenError
 
 app = typer.Typer(
@@ -19,12 +20,33 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Character-level text generation: train on your own text, sample, explore in a REPL.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"chargen {version('chargen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Character-level text generation: train on your own text, sample, explore in a REPL."""
+
+
 app.command()(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command()(info.info)
 app.command()(demo.demo)
 app.command()(sample.sample)
 app.command()(repl.repl)
+app.command()(plot.plot)
+app.command()(report.report)
 app.add_typer(classify.app, name="classify")
 
 

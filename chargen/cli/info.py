@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
+from chargen.cli.common import console
+
 
 def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint.")]) -> None:
     """What a checkpoint holds: model, tokenizer, training, metrics."""
-    from rich.console import Console
     from rich.table import Table
 
     from chargen.checkpoint import load_model
@@ -32,6 +33,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
         ("steps", f"{metrics.get('step')}  (epoch {metrics.get('epoch', 0):.2f})"),
         ("val bpc", _num(metrics.get("val_bpc"))),
         ("best val bpc", _num(metrics.get("best_val_bpc"))),
+        ("val bpc curve", _curve(p.get("history"))),
         ("training time", f"{metrics.get('elapsed', 0):.0f}s"),
         ("corpus", f"{corpus.get('source', '?')} ({corpus.get('chars', 0):,} chars)"),
         ("resumable", "yes" if "resume" in p else "no (best checkpoint; resume uses *.last.pt)"),
@@ -39,8 +41,21 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
     ]
     for key, value in rows:
         table.add_row(key, value)
-    Console().print(table)
+    console().print(table)
 
 
 def _num(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4f}"
+
+
+def _curve(history: list[dict[str, float]] | None) -> str:
+    """The validation bpc of every evaluation as a sparkline, first and last value beside it."""
+    from chargen.analysis.history import sparkline
+
+    if history is None:
+        return "- (saved by an older chargen; see its *.metrics.jsonl)"
+    values = [r.get("val_bpc", math.nan) for r in history]
+    line = sparkline(values)
+    if not line:
+        return "-"
+    return f"{_num(values[0])} {line} {_num(values[-1])}  ({len(values)} evaluations)"

@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from chargen.cli.common import console as make_console
 from chargen.training.events import Callbacks, ClassifierEvalEvent, EvalEvent, StepEvent
 
 
@@ -20,7 +21,7 @@ class TrainingDisplay(Callbacks):
 
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
         self.quiet = quiet
-        self.console = console or Console(stderr=False)
+        self.console = console or make_console()
         self.interactive = not quiet and sys.stdout.isatty()
         self.val_bpc = math.nan
         self._progress: Progress | None = None
