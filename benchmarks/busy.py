@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from chargen.generation.kernels import cpu_model
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 LATE_WAIT_POLICY = "import torch; from chargen.cli.app import main; main()"  # torch first: libgomp's default
@@ -38,14 +39,6 @@ SETTINGS: dict[str, tuple[str, dict[str, str], list[str]]] = {  # name: (program
     "passive": (AS_SHIPPED, {"OMP_WAIT_POLICY": "passive"}, []),
     "1 thread": (AS_SHIPPED, {}, ["--threads", "1"]),
 }
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def train_command(program: str, options: list[str], corpus: Path, out: Path, steps: int) -> list[str]:
