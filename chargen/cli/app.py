@@ -12,6 +12,7 @@ import typer
 
 from chargen.cli import classify, demo, evaluate, info, plot, repl, report, sample, train
 from chargen.errors import ChargenError
+from chargen.threads import prepare_runtime
 
 app = typer.Typer(
     add_completion=False,
@@ -52,6 +53,7 @@ app.add_typer(classify.app, name="classify")
 
 def main() -> None:
     """Run the app; every user-facing failure becomes one line on stderr and an exit code."""
+    prepare_runtime()  # before any command imports torch
     try:
         code = app(standalone_mode=False)
     except ChargenError as err:

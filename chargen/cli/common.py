@@ -35,14 +35,15 @@ def given(**options: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def pin_threads(threads: int | None) -> None:
-    """Pin torch's intra-op threads before torch does any work (OMP_NUM_THREADS is honoured too)."""
+def pin_threads(threads: int | None) -> int:
+    """Pin torch's intra-op threads before torch does any work: --threads, else OMP_NUM_THREADS,
+    else one per CPU this process may use, and never more than those (chargen.threads)."""
     from chargen.device import set_threads
+    from chargen.threads import choose_threads
 
-    if threads:
-        set_threads(threads)
-    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        set_threads(int(os.environ["OMP_NUM_THREADS"]))
+    chosen = choose_threads(threads or 0)
+    set_threads(chosen)
+    return chosen
 
 
 def time_budget(max_time: str | None, max_steps: int | None, max_epochs: float | None) -> float | None:

@@ -13,11 +13,16 @@ from chargen.cli.common import console
 
 def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint.")]) -> None:
     """What a checkpoint holds: model, tokenizer, training, metrics."""
+    import torch
     from rich.table import Table
 
     from chargen.checkpoint import load_model
+    from chargen.cli.common import pin_threads
+    from chargen.generation.kernels import choose_kernel
 
+    threads = pin_threads(None)
     loaded = load_model(checkpoint)
+    kernel = choose_kernel(loaded.model.eval(), torch.device("cpu"))
     p = loaded.payload
     m, metrics, corpus = p["model_config"], p["metrics"], p.get("corpus", {})
     table = Table(title=str(checkpoint), show_header=False)
@@ -38,6 +43,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
         ("corpus", f"{corpus.get('source', '?')} ({corpus.get('chars', 0):,} chars)"),
         ("resumable", "yes" if "resume" in p else "no (best checkpoint; resume uses *.last.pt)"),
         ("format", f"{p['format']} v{p['version']}"),
+        ("sampling step", f"{kernel.describe()} · {threads} threads on this machine"),
     ]
     for key, value in rows:
         table.add_row(key, value)

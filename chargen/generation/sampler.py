@@ -23,6 +23,7 @@ from chargen.config import SampleConfig
 from chargen.data.tokenizers import Tokenizer
 from chargen.generation.draw import StreamRandom, choose, fresh_seed
 from chargen.generation.inference import make_stepper
+from chargen.generation.kernels import choose_kernel
 from chargen.generation.text_output import TextOutput
 from chargen.model import CharLM, State
 
@@ -135,7 +136,8 @@ class Sampler:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.stepper = make_stepper(model, self.device, precision)
+        self.kernel = choose_kernel(model, self.device, precision)  # auto: measured once per machine
+        self.stepper = make_stepper(model, self.device, self.kernel.precision)
         self.precision = self.stepper.precision
         start = tokenizer.encode("\n")
         self._start_id = int(start[-1]) if len(start) else 0

@@ -118,5 +118,5 @@ class Session:
         shown = [setting.show(getattr(self.config, field)) for field, setting in BY_FIELD.items()]
         shown[list(BY_FIELD).index("seed")] += f" (turn {self.turn})"
         shown.append(f"colour {'on' if self.color else 'off'}")
-        shown.append(f"{self.sampler.device} {self.sampler.precision}")
+        shown.append(f"{self.sampler.device} {self.sampler.kernel.describe()}")
         return " · ".join(shown)
