@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from chargen.cli import demo, evaluate, info, repl, sample, train
+from chargen.cli import cache, demo, evaluate, info, repl, sample, train
 from chargen.errors import ChargenError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command()(info.info)
 app.command()(demo.demo)
 app.command()(sample.sample)
 app.command()(repl.repl)
+app.add_typer(cache.app, name="cache")
 
 
 def main() -> None:

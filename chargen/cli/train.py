@@ -20,9 +20,15 @@ def train(
     grow_vocab: Annotated[bool, typer.Option(help="With --init-from: add characters the model lacks.")] = False,
     val_file: Annotated[Path | None, typer.Option(help="Validate on this file instead of the corpus tail.")] = None,
     val_frac: Annotated[float | None, typer.Option(help="Fraction of the corpus held out [0.1].")] = None,
+    val_max_chars: Annotated[
+        int | None, typer.Option(help="At most this many characters held out (and of --val-file) [1000000].")
+    ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="char or sentencepiece [char].")] = None,
     vocab_size: Annotated[int | None, typer.Option(help="SentencePiece vocabulary size [2000].")] = None,
     sp_type: Annotated[str | None, typer.Option(help="SentencePiece model: unigram or bpe.")] = None,
+    sp_sample_chars: Annotated[
+        int | None, typer.Option(help="SentencePiece trains on this many characters of the corpus [20000000].")
+    ] = None,
     cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn [lstm].")] = None,
     layers: Annotated[int | None, typer.Option(help="Recurrent layers [2].")] = None,
     hidden: Annotated[int | None, typer.Option(help="Units per layer [512].")] = None,
@@ -59,7 +65,7 @@ def train(
         out=out,
         read=ReadOptions("replace" if replace_invalid else "strict", not keep_crlf, allow_binary),
         model=given(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, tie_weights=tie_weights),
-        tokenizer=given(kind=tokenizer, vocab_size=vocab_size, model_type=sp_type),
+        tokenizer=given(kind=tokenizer, vocab_size=vocab_size, model_type=sp_type, sample_chars=sp_sample_chars),
         train=given(
             batch_size=batch_size,
             seq_len=seq_len,
@@ -73,6 +79,7 @@ def train(
             eval_every=eval_every,
             patience=patience,
             val_frac=val_frac,
+            val_max_chars=val_max_chars,
             seed=seed,
             device=device,
             threads=threads,

@@ -31,6 +31,15 @@ class EvalEvent:
     sample: str
 
 
+@dataclass
+class WorkEvent:
+    """Progress through one pass over the corpus before training (reading it, encoding it)."""
+
+    task: str
+    done: int  # bytes
+    total: int
+
+
 class Callbacks:
     """Hooks for a front end; the defaults do nothing."""
 
@@ -39,3 +48,5 @@ class Callbacks:
     def on_eval(self, event: EvalEvent) -> None: ...
 
     def on_message(self, message: str) -> None: ...
+
+    def on_work(self, event: WorkEvent) -> None: ...
