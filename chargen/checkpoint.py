@@ -3,6 +3,9 @@
 The file is a `torch.save` zip holding only tensors and plain Python values, read back with
 `weights_only=True`, so nothing in it is ever executed. Its zip CRCs are checked on load
 (torch itself does not), so a corrupted copy is reported rather than silently loaded.
+
+Language-model checkpoints and classifiers (chargen.classify.store) are two kinds of the same
+file: a `FileKind` names the format tag, version and fields, and the same code writes and checks both.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import glob
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from chargen.atomic import replacing
 from chargen.config import ModelConfig, from_dict
@@ -22,19 +26,38 @@ from chargen.data.tokenizers import Tokenizer, tokenizer_from_state
 from chargen.errors import CheckpointError, ConfigError
 from chargen.model import CharLM
 
-FORMAT = "chargen-checkpoint"
 VERSION = 1
-_REQUIRED = ("format", "version", "model_config", "tokenizer", "model", "metrics")
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class FileKind:
+    """One kind of chargen file: its format tag, the newest version this code reads, and the
+    fields it must hold (optional ones are type-checked when present)."""
+
+    tag: str
+    version: int
+    noun: str  # how messages name it: "checkpoint" -> "not a chargen checkpoint"
+    required: dict[str, type]
+    optional: dict[str, type] = field(default_factory=dict)
+
+
+CHECKPOINT = FileKind(
+    "chargen-checkpoint",
+    VERSION,
+    "checkpoint",
+    required={"model_config": dict, "tokenizer": dict, "model": dict, "metrics": dict},
+    optional={"train_config": dict, "corpus": dict, "resume": dict},
+)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any], kind: FileKind = CHECKPOINT) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it: a crash at any
     moment leaves either the old file or the new one, never a half-written one."""
     path = Path(path)
     weights = payload["model"]
     if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
         raise CheckpointError(f"refusing to save non-finite weights to {path}")
-    payload = {"format": FORMAT, "version": VERSION, **payload}
+    payload = {"format": kind.tag, "version": kind.version, **payload}
     writing = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,9 +71,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         reason = disk_error.strerror or disk_error
         if not writing:
             raise CheckpointError(
-                f"cannot write a checkpoint in {path.parent}: {reason}; choose another --out"
+                f"cannot write a {kind.noun} in {path.parent}: {reason}; choose another --out"
             ) from None
-        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; the previous checkpoint is intact") from None
+        raise CheckpointError(
+            f"cannot write {kind.noun} {path}: {reason}; the previous {kind.noun} is intact"
+        ) from None
     remove_stale_temps(path)
 
 
@@ -71,15 +96,15 @@ def remove_stale_temps(path: Path) -> None:
             stale.unlink()
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, kind: FileKind = CHECKPOINT) -> dict[str, Any]:
     """The validated payload; every way a file can be wrong becomes one CheckpointError line."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty: not a chargen checkpoint")
+        raise CheckpointError(f"{path} is empty: not a chargen {kind.noun}")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a chargen checkpoint (or it is truncated)")
+        raise CheckpointError(f"{path} is not a chargen {kind.noun} (or it is truncated)")
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -94,35 +119,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = "it is a zip archive that torch.save did not write"
         if "Unsupported global" in str(err) or "weights_only" in str(err):
             reason = "it contains Python objects other than tensors, which chargen refuses to load"
-        raise CheckpointError(f"{path} is not a chargen checkpoint: {reason}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a chargen checkpoint (no chargen format tag)")
+        raise CheckpointError(f"{path} is not a chargen {kind.noun}: {reason}") from None
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != kind.tag:
+        if isinstance(found, str) and found.startswith("chargen-"):  # another kind of chargen file
+            raise CheckpointError(f"{path} is a chargen {found.removeprefix('chargen-')}, not a chargen {kind.noun}")
+        raise CheckpointError(f"{path} is not a chargen {kind.noun} (no chargen format tag)")
     version = payload.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"{path} has an invalid format version {version!r}: not a chargen checkpoint")
-    if version > VERSION:
+        raise CheckpointError(f"{path} has an invalid format version {version!r}: not a chargen {kind.noun}")
+    if version > kind.version:
         raise CheckpointError(
-            f"{path} has format version {version}; this chargen reads up to version {VERSION}: upgrade chargen"
+            f"{path} has format version {version}; this chargen reads up to version {kind.version}: upgrade chargen"
         )
-    missing = [key for key in _REQUIRED if key not in payload]
+    missing = [key for key in ("format", "version", *kind.required) if key not in payload]
     if missing:
-        raise CheckpointError(f"{path} is missing {', '.join(missing)}: not a complete checkpoint")
-    _check_schema(path, payload)
+        raise CheckpointError(f"{path} is missing {', '.join(missing)}: not a complete {kind.noun}")
+    _check_schema(path, payload, kind)
     return payload
 
 
-# Fields and their types; optional ones are checked when present. A file from a stranger (or a
-# hand-edited one) then fails here, naming the field, rather than deep inside the code with an
-# AttributeError.
-_FIELD_TYPES: dict[str, type] = {
-    "model_config": dict,
-    "tokenizer": dict,
-    "model": dict,
-    "metrics": dict,
-    "train_config": dict,
-    "corpus": dict,
-    "resume": dict,
-}
 _RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
     "optimizer": dict,
     "step": int,
@@ -137,11 +153,13 @@ _RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _check_schema(path: Path, payload: dict[str, Any]) -> None:
-    for key, kind in _FIELD_TYPES.items():
-        if key in payload and not isinstance(payload[key], kind):
+def _check_schema(path: Path, payload: dict[str, Any], kind: FileKind) -> None:
+    """A file from a stranger (or a hand-edited one) fails here, naming the field, rather than
+    deep inside the code with an AttributeError."""
+    for key, expected in {**kind.required, **kind.optional}.items():
+        if key in payload and not isinstance(payload[key], expected):
             found = type(payload[key]).__name__
-            raise CheckpointError(f"{path}: field {key!r} should be a {kind.__name__}, not {found}")
+            raise CheckpointError(f"{path}: field {key!r} should be a {expected.__name__}, not {found}")
     for name, value in payload["model"].items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: model weight {name!r} is a {type(value).__name__}, not a tensor")
@@ -173,6 +191,14 @@ class LoadedModel:
 
 def build_model(payload: dict[str, Any], source: str | Path = "checkpoint") -> LoadedModel:
     """Rebuild model and tokenizer from a payload, checking the weights fit the stated shape."""
+    config, tokenizer = read_model_config(payload, source)
+    model = CharLM(config)
+    load_weights(model, payload["model"], source)
+    return LoadedModel(model, tokenizer, payload)
+
+
+def read_model_config(payload: dict[str, Any], source: str | Path) -> tuple[ModelConfig, Tokenizer]:
+    """The network's shape and its tokenizer, checked to agree with each other."""
     try:
         config = from_dict(ModelConfig, payload["model_config"])
         tokenizer = tokenizer_from_state(payload["tokenizer"])
@@ -184,15 +210,18 @@ def build_model(payload: dict[str, Any], source: str | Path = "checkpoint") -> L
         raise CheckpointError(
             f"{source}: tokenizer has {tokenizer.vocab_size} ids but the model expects {config.vocab_size}"
         )
-    model = CharLM(config)
+    return config, tokenizer
+
+
+def load_weights(module: nn.Module, weights: dict[str, Any], source: str | Path) -> None:
+    """Load a state dict, turning torch's multi-line mismatch report into one line; leaves the module in eval mode."""
     try:
-        model.load_state_dict(payload["model"])
+        module.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).splitlines()
         detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
         raise CheckpointError(f"{source}: weights do not match the model config ({detail})") from None
-    model.eval()
-    return LoadedModel(model, tokenizer, payload)
+    module.eval()
 
 
 def load_model(path: str | Path) -> LoadedModel:

@@ -11,6 +11,8 @@ from chargen.errors import ConfigError
 
 Cell = Literal["lstm", "gru", "rnn"]
 TokenizerKind = Literal["char", "sentencepiece"]
+Method = Literal["generative", "discriminative"]
+Pooling = Literal["last", "mean", "max", "all"]
 
 
 def _require(ok: bool, message: str) -> None:
@@ -119,6 +121,41 @@ class TrainConfig:
             f"--precision must be auto, fp32 or bf16, got {self.precision!r}",
         )
         _require(self.sample_chars >= 0, f"sample_chars must be >= 0, got {self.sample_chars}")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """How to build and train a text classifier (chargen.classify); stored in the classifier file.
+    Language-model phases take their other settings from TrainConfig."""
+
+    method: Method = "discriminative"
+    pretrain_frac: float = 0.5  # share of a time budget for the base language model; 0 skips it
+    finetune_lr: float = 2e-3  # per-class language models and the discriminative classifier
+    batch_size: int = 32  # examples per discriminative step
+    max_len: int = 512  # tokens a discriminative classifier reads (the start of each text)
+    pooling: Pooling = "all"  # the head reads the last state, the mean or max over states, or all three
+    class_weights: bool = True  # weight the discriminative loss by inverse class frequency
+    val_frac: float = 0.1  # of each class, held out to choose weights and calibrate probabilities
+    test_frac: float = 0.0  # of each class, held out for the final report
+
+    def __post_init__(self) -> None:
+        _require(
+            self.method in ("generative", "discriminative"),
+            f"--method must be generative or discriminative, got {self.method!r}",
+        )
+        _require(0 <= self.pretrain_frac < 1, f"--pretrain-frac must be in [0, 1), got {self.pretrain_frac}")
+        _require(
+            math.isfinite(self.finetune_lr) and 0 < self.finetune_lr < 1,
+            f"--finetune-lr must be in (0, 1), got {self.finetune_lr}",
+        )
+        _require(self.batch_size >= 1, f"--examples-per-batch must be positive, got {self.batch_size}")
+        _require(self.max_len >= 1, f"--max-len must be positive, got {self.max_len}")
+        _require(
+            self.pooling in ("last", "mean", "max", "all"),
+            f"--pooling must be last, mean, max or all, got {self.pooling!r}",
+        )
+        _require(0 < self.val_frac < 0.5, f"--val-frac must be in (0, 0.5), got {self.val_frac}")
+        _require(0 <= self.test_frac < 0.5, f"--test-frac must be in [0, 0.5), got {self.test_frac}")
 
 
 @dataclass(frozen=True)

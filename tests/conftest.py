@@ -81,3 +81,18 @@ def chargen_command() -> list[str]:
 
 
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/corpora/tinyshakespeare.txt absent")
+
+
+def latin_and_cyrillic(per_class: int = 40, seed: int = 0) -> list[tuple[str, str]]:
+    """(label, text) pairs any classifier must tell apart: random words in Latin or Cyrillic letters."""
+    import random
+
+    rng = random.Random(seed)
+    alphabets = {"latin": "abcdefghijklmnopqrstuvwxyz", "cyrillic": "абвгдежзийклмнопрстуфхцчшщыэюя"}
+    examples = []
+    for label, letters in alphabets.items():
+        for _ in range(per_class):
+            words = ("".join(rng.choice(letters) for _ in range(rng.randint(2, 7))) for _ in range(rng.randint(3, 8)))
+            examples.append((label, " ".join(words)))
+    rng.shuffle(examples)
+    return examples

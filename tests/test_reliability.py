@@ -130,7 +130,9 @@ def test_corpus_unreadable_file_is_named(
 
     monkeypatch.setattr(Path, "open", open_file)
     corpus = locked.parent if inside_a_folder else locked
-    assert_clear_error(cli("train", corpus, *TINY, "--max-steps", "1"), "cannot read ", "texts/locked.txt: Permission denied")
+    assert_clear_error(
+        cli("train", corpus, *TINY, "--max-steps", "1"), "cannot read ", "texts/locked.txt: Permission denied"
+    )
     assert files_in(workdir) == {"texts", "texts/locked.txt"}
 
 
@@ -171,7 +173,9 @@ def test_corpus_short_for_the_batch_lowers_it_with_a_visible_warning(cli, workdi
 def test_corpus_invalid_utf8_gives_the_byte_offset_and_the_flag(cli, workdir: Path) -> None:
     latin1 = write(workdir / "latin1.txt", ("Ça ira, café crème. " * 40).encode("latin-1"))
     assert_clear_error(
-        cli("train", latin1, *TINY, "--max-steps", "1"), "latin1.txt is not valid UTF-8 (byte 0xc7 at offset 0)", "--replace-invalid"
+        cli("train", latin1, *TINY, "--max-steps", "1"),
+        "latin1.txt is not valid UTF-8 (byte 0xc7 at offset 0)",
+        "--replace-invalid",
     )
     assert files_in(workdir) == {"latin1.txt"}
     outcome = cli("train", latin1, *TINY, "--replace-invalid", "--max-steps", "1", "--quiet")

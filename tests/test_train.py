@@ -152,3 +152,19 @@ def test_too_small_corpus_gives_the_minimum(tmp_path: Path) -> None:
     corpus.write_text("hello", encoding="utf-8")
     with pytest.raises(Exception, match=r"too small: 4 training characters; chargen needs at least \d+ characters"):
         start(corpus, tmp_path / "m.pt", Recorder())
+
+
+def test_without_an_output_path_the_best_weights_stay_in_memory(corpus_file: Path, tmp_path: Path) -> None:
+    from chargen.training.trainer import Trainer
+
+    prepared = start(corpus_file, tmp_path / "unused.pt", Recorder(), max_steps=20)
+    recorder = Recorder()
+    in_memory = Trainer(
+        prepared.model, prepared.tokenizer, prepared.data, prepared.config, None, prepared.device, None, recorder
+    )
+    in_memory.run()
+    best = min(recorder.evals, key=lambda e: e.val_bpc)
+    assert in_memory.best_weights is not None and best.improved
+    assert list(tmp_path.iterdir()) == []
+    in_memory.model.load_state_dict(in_memory.best_weights)
+    assert in_memory.validation_bpc() == pytest.approx(best.val_bpc, abs=1e-5)

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from chargen.cli import cache, demo, evaluate, info, repl, sample, train
+from chargen.cli import cache, classify, demo, evaluate, info, repl, sample, train
 from chargen.errors import ChargenError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command()(demo.demo)
 app.command()(sample.sample)
 app.command()(repl.repl)
 app.add_typer(cache.app, name="cache")
+app.add_typer(classify.app, name="classify")
 
 
 def main() -> None:

@@ -3,7 +3,27 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+
+from chargen.config import parse_duration
+
+# Options `chargen train` and `chargen classify train` share, declared once.
+TokenizerKind = Annotated[str | None, typer.Option(help="char or sentencepiece [char].")]
+VocabSize = Annotated[int | None, typer.Option(help="SentencePiece vocabulary size [2000].")]
+Layers = Annotated[int | None, typer.Option(help="Recurrent layers [2].")]
+Hidden = Annotated[int | None, typer.Option(help="Units per layer [512].")]
+Embed = Annotated[int | None, typer.Option(help="Embedding size [0 = auto: min(hidden, 128)].")]
+Dropout = Annotated[float | None, typer.Option(help="Dropout between layers.")]
+BatchSize = Annotated[int | None, typer.Option(help="Parallel streams.")]
+SeqLen = Annotated[int | None, typer.Option(help="Tokens per backprop window.")]
+LearningRate = Annotated[float | None, typer.Option(help="Peak learning rate.")]
+EvalEvery = Annotated[int | None, typer.Option(help="Steps between evaluations.")]
+Patience = Annotated[int | None, typer.Option(help="Stop after this many evaluations without improvement.")]
+Seed = Annotated[int | None, typer.Option(help="Random seed.")]
+Precision = Annotated[str | None, typer.Option(help="auto, fp32 or bf16.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
 def given(**options: Any) -> dict[str, Any]:
@@ -19,3 +39,10 @@ def pin_threads(threads: int | None) -> None:
         set_threads(threads)
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
         set_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def time_budget(max_time: str | None, max_steps: int | None, max_epochs: float | None) -> float | None:
+    """The 10-minute default budget applies only when no other budget is given."""
+    if max_time is not None:
+        return parse_duration(max_time)
+    return 0.0 if (max_steps or max_epochs) else None

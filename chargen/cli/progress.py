@@ -9,7 +9,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from chargen.training.events import Callbacks, EvalEvent, StepEvent, WorkEvent
+from chargen.training.events import Callbacks, ClassifierEvalEvent, EvalEvent, StepEvent, WorkEvent
 
 PLAIN_EVERY = 10.0  # seconds between plain progress lines
 PLAIN_AFTER = 2.0  # a pass quicker than this prints nothing when not on a terminal
@@ -101,14 +101,14 @@ class TrainingDisplay(Callbacks):
         self._progress = Progress(
             TextColumn("step {task.fields[step]:>6}  epoch {task.fields[epoch]:.2f}"),
             BarColumn(),
-            TextColumn("train {task.fields[train]}  val {task.fields[val]} bpc"),
+            TextColumn("{task.fields[summary]}"),
             TextColumn("{task.fields[speed]:>7.0f} chars/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
         )
         self._progress.start()
-        self._task = self._progress.add_task("train", total=1.0, step=0, epoch=0.0, train="-", val="-", speed=0.0)
+        self._task = self._progress.add_task("train", total=1.0, step=0, epoch=0.0, summary="", speed=0.0)
 
     def __exit__(self, *exc: object) -> None:
         self.work.stop()
@@ -128,10 +128,13 @@ class TrainingDisplay(Callbacks):
                 completed=min(event.fraction_done, 1.0),
                 step=event.step,
                 epoch=event.epoch,
-                train=_fmt(event.train_bpc),
-                val=_fmt(self.val_bpc),
+                summary=self.summary(event),
                 speed=event.chars_per_sec,
             )
+
+    def summary(self, event: StepEvent) -> str:
+        """The figures the bar shows beside the step and epoch."""
+        return f"train {_fmt(event.train_bpc)}  val {_fmt(self.val_bpc)} bpc"
 
     def on_eval(self, event: EvalEvent) -> None:
         self.val_bpc = event.val_bpc
@@ -152,3 +155,42 @@ class TrainingDisplay(Callbacks):
             print(message, file=sys.stderr)
         else:
             self.console.print(message, style="yellow", markup=False, highlight=False)
+
+
+class ClassifierDisplay(TrainingDisplay):
+    """A classifier's training, phase after phase: a heading for each, the bar restarted, and the
+    validation accuracy as it is measured."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        super().__init__(quiet, console)
+        self.loss = math.nan  # smoothed training loss of the classifier phase
+        self.accuracy = math.nan
+
+    def on_phase(self, name: str, detail: str) -> None:
+        self.val_bpc = self.loss = self.accuracy = math.nan
+        if self._progress is not None and self._task is not None:
+            self._progress.reset(self._task)
+        if not self.quiet:
+            self.console.print(f"{name}: {detail}", style="bold", markup=False, highlight=False)
+
+    def on_step(self, event: StepEvent) -> None:
+        if math.isnan(event.train_bpc) and math.isfinite(event.loss):  # a classifier phase
+            self.loss = event.loss if math.isnan(self.loss) else 0.9 * self.loss + 0.1 * event.loss
+        super().on_step(event)
+
+    def summary(self, event: StepEvent) -> str:
+        if not math.isnan(event.train_bpc):
+            return super().summary(event)
+        accuracy = "-" if math.isnan(self.accuracy) else f"{self.accuracy:.2%}"
+        return f"loss {_fmt(self.loss)}  val accuracy {accuracy}"
+
+    def on_classifier_eval(self, event: ClassifierEvalEvent) -> None:
+        self.accuracy = event.accuracy
+        if self.quiet:
+            return
+        self.console.print(
+            f"step {event.step}  train loss {_fmt(event.train_loss)}  val loss {event.val_loss:.4f}  "
+            f"accuracy {event.accuracy:.2%}  macro-F1 {event.macro_f1:.4f}" + (" (best)" if event.improved else ""),
+            highlight=False,
+            soft_wrap=True,
+        )

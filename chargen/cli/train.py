@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from chargen.cli import common
 from chargen.cli.common import given, pin_threads
-from chargen.config import parse_duration
 
 
 def train(
@@ -23,37 +23,37 @@ def train(
     val_max_chars: Annotated[
         int | None, typer.Option(help="At most this many characters held out (and of --val-file) [1000000].")
     ] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="char or sentencepiece [char].")] = None,
-    vocab_size: Annotated[int | None, typer.Option(help="SentencePiece vocabulary size [2000].")] = None,
+    tokenizer: common.TokenizerKind = None,
+    vocab_size: common.VocabSize = None,
     sp_type: Annotated[str | None, typer.Option(help="SentencePiece model: unigram or bpe.")] = None,
     sp_sample_chars: Annotated[
         int | None, typer.Option(help="SentencePiece trains on this many characters of the corpus [20000000].")
     ] = None,
     cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn [lstm].")] = None,
-    layers: Annotated[int | None, typer.Option(help="Recurrent layers [2].")] = None,
-    hidden: Annotated[int | None, typer.Option(help="Units per layer [512].")] = None,
-    embed: Annotated[int | None, typer.Option(help="Embedding size [0 = auto: min(hidden, 128)].")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout between layers.")] = None,
+    layers: common.Layers = None,
+    hidden: common.Hidden = None,
+    embed: common.Embed = None,
+    dropout: common.Dropout = None,
     tie_weights: Annotated[bool | None, typer.Option(help="Share embedding and output weights.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Parallel streams.")] = None,
-    seq_len: Annotated[int | None, typer.Option(help="Tokens per backprop window.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    batch_size: common.BatchSize = None,
+    seq_len: common.SeqLen = None,
+    lr: common.LearningRate = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
     warmup: Annotated[int | None, typer.Option(help="Warmup steps.")] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Global gradient-norm clip.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Step budget (0 = none).")] = None,
     max_epochs: Annotated[float | None, typer.Option(help="Epoch budget (0 = none).")] = None,
     max_time: Annotated[str | None, typer.Option(help="Time budget: 90s, 20m, 1.5h [10m]; 0 = none.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Stop after this many evaluations without improvement.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    eval_every: common.EvalEvery = None,
+    patience: common.Patience = None,
+    seed: common.Seed = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16.")] = None,
+    precision: common.Precision = None,
     replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes instead of failing.")] = False,
     keep_crlf: Annotated[bool, typer.Option(help="Keep CRLF / CR line endings as they are.")] = False,
     allow_binary: Annotated[bool, typer.Option(help="Read files that look binary.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: common.Quiet = False,
 ) -> None:
     """Train a model on CORPUS and save it (best to --out, last beside it as *.last.pt)."""
     pin_threads(threads)
@@ -75,7 +75,7 @@ def train(
             grad_clip=grad_clip,
             max_steps=max_steps,
             max_epochs=max_epochs,
-            max_time=_time_budget(max_time, max_steps, max_epochs),
+            max_time=common.time_budget(max_time, max_steps, max_epochs),
             eval_every=eval_every,
             patience=patience,
             val_frac=val_frac,
@@ -104,16 +104,9 @@ def run_training(request: Any, quiet: bool) -> None:
         progress = trainer.run()
     if not quiet:
         print(
-            f"done: step {progress.step}, best val {progress.best_val_bpc:.3f} bpc, "
+            f"done: step {progress.step}, best val {progress.best_val_loss:.3f} bpc, "
             f"saved {trainer.best_path} (last: {trainer.last_path})"
         )
-
-
-def _time_budget(max_time: str | None, max_steps: int | None, max_epochs: float | None) -> float | None:
-    """The 10-minute default budget applies only when no other budget is given."""
-    if max_time is not None:
-        return parse_duration(max_time)
-    return 0.0 if (max_steps or max_epochs) else None
 
 
 def _describe_run(trainer: Any, display: Any) -> None:

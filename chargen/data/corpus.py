@@ -11,7 +11,7 @@ import codecs
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -131,6 +131,20 @@ def read_corpus(path: str | Path, options: ReadOptions = ReadOptions()) -> str:
     return "".join(open_corpus(path, options).chunks())
 
 
+def decode(data: bytes, name: str, options: ReadOptions) -> str:
+    """Bytes already in memory (a small file: a labelled example, a priming text), read exactly
+    as a corpus file would be."""
+    if not options.allow_binary and looks_binary(data):
+        raise _binary_error(name)
+    skip = len(_BOM) if data.startswith(_BOM) else 0
+    return "".join(_decoded(name, options, [data[skip:]], skip, lambda at: data.count(b"\n", 0, at) + 1))
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """The visible files under `folder`, recursively, in the order a corpus reads them."""
+    return [file.path for file in _folder_files(folder)]
+
+
 def split_validation(text: str, val_frac: float) -> tuple[str, str]:
     """The last `val_frac` of the text, as one contiguous tail (nanoGPT's convention)."""
     cut = int(len(text) * (1 - val_frac))
@@ -211,50 +225,78 @@ class _FileReader:
         """Decoded text, with the BOM dropped and (by default) CRLF and lone CR turned into LF."""
         if not self.options.allow_binary and self.looks_binary:
             self.close()
-            raise CorpusError(
-                f"{self.source.path} looks binary (control bytes in its first {_SNIFF_BYTES} bytes); "
-                "pass --allow-binary to read it anyway"
-            )
-        decoder = codecs.getincrementaldecoder("utf-8")(self.options.errors)
-        offset = len(_BOM) if self.head.startswith(_BOM) else 0  # in the file, of the next byte to decode
-        carry = ""  # a CR at the end of a piece waits: the next piece may start with its LF
+            raise _binary_error(self.source.path)
+        offset = len(_BOM) if self.head.startswith(_BOM) else 0
         try:
             if self.progress is not None and offset:
                 self.progress(offset)
-            for block in self._blocks():
-                text = self._decode(decoder, block, offset, final=False)
-                offset += len(block)
-                if self.progress is not None:
-                    self.progress(len(block))
-                text, carry = self._newlines(carry + text, final=False)
-                if text:
-                    yield text
-            text, _ = self._newlines(carry + self._decode(decoder, b"", offset, final=True), final=True)
-            if text:
-                yield text
-            self._check_unchanged(offset)
+            read = yield from _decoded(
+                str(self.source.path), self.options, self._blocks(), offset, self._line_at, self.progress
+            )
+            self._check_unchanged(read)
         except OSError as err:
             raise CorpusError(f"cannot read {self.source.path}: {err.strerror or err}") from None
         finally:
             self.close()
 
-    def _decode(self, decoder: codecs.IncrementalDecoder, block: bytes, offset: int, final: bool) -> str:
-        try:
-            return decoder.decode(block, final)
-        except UnicodeDecodeError as err:
-            # err.object is the decoder's held-back bytes followed by `block`.
-            at = offset - (len(err.object) - len(block)) + err.start
-            raise CorpusError(
-                f"{self.source.path} is not valid UTF-8 (byte 0x{err.object[err.start]:02x} at offset {at}); "
-                "convert it to UTF-8 or pass --replace-invalid to replace bad bytes with U+FFFD"
-            ) from None
+    def _line_at(self, offset: int) -> int:
+        """The line of a byte, for an error message: the file is read again up to it."""
+        with self.source.path.open("rb") as f:
+            return f.read(offset).count(b"\n") + 1
 
-    def _newlines(self, text: str, final: bool) -> tuple[str, str]:
-        if not self.options.normalize_newlines:
-            return text, ""
-        carry = ""
-        if not final and text.endswith("\r"):
-            text, carry = text[:-1], "\r"
-        if "\r" in text:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        return text, carry
+
+def _binary_error(name: object) -> CorpusError:
+    return CorpusError(
+        f"{name} looks binary (control bytes in its first {_SNIFF_BYTES} bytes); pass --allow-binary to read it anyway"
+    )
+
+
+def _decoded(
+    name: str,
+    options: ReadOptions,
+    blocks: Iterable[bytes],
+    offset: int,
+    line_at: Callable[[int], int],
+    progress: Progress | None = None,
+) -> Generator[str, None, int]:
+    """Text of consecutive blocks of a file that start at byte `offset` (after any BOM); returns
+    the offset after the last block. A CR ending one block waits, since the next may start with LF."""
+    decoder = codecs.getincrementaldecoder("utf-8")(options.errors)
+    carry = ""
+    for block in blocks:
+        text = _decode_block(decoder, block, offset, False, name, line_at)
+        offset += len(block)
+        if progress is not None:
+            progress(len(block))
+        text, carry = _newlines(carry + text, options, final=False)
+        if text:
+            yield text
+    text, _ = _newlines(carry + _decode_block(decoder, b"", offset, True, name, line_at), options, final=True)
+    if text:
+        yield text
+    return offset
+
+
+def _decode_block(
+    decoder: codecs.IncrementalDecoder, block: bytes, offset: int, final: bool, name: str, line_at: Callable[[int], int]
+) -> str:
+    try:
+        return decoder.decode(block, final)
+    except UnicodeDecodeError as err:
+        # err.object is the decoder's held-back bytes followed by `block`.
+        at = offset - (len(err.object) - len(block)) + err.start
+        raise CorpusError(
+            f"{name} is not valid UTF-8 (byte 0x{err.object[err.start]:02x} at offset {at}) on line {line_at(at)}; "
+            "convert it to UTF-8 or pass --replace-invalid to replace bad bytes with U+FFFD"
+        ) from None
+
+
+def _newlines(text: str, options: ReadOptions, final: bool) -> tuple[str, str]:
+    if not options.normalize_newlines:
+        return text, ""
+    carry = ""
+    if not final and text.endswith("\r"):
+        text, carry = text[:-1], "\r"
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text, carry

@@ -40,6 +40,18 @@ class WorkEvent:
     total: int
 
 
+@dataclass
+class ClassifierEvalEvent:
+    """A classifier measured on its validation examples during training."""
+
+    step: int
+    train_loss: float  # the training objective, nats (per example, or per token for language models)
+    val_loss: float  # calibrated cross-entropy, nats per example
+    accuracy: float
+    macro_f1: float
+    improved: bool
+
+
 class Callbacks:
     """Hooks for a front end; the defaults do nothing."""
 
@@ -50,3 +62,8 @@ class Callbacks:
     def on_message(self, message: str) -> None: ...
 
     def on_work(self, event: WorkEvent) -> None: ...
+
+    def on_phase(self, name: str, detail: str) -> None:
+        """A run made of several trainings (a classifier's) starts the next one."""
+
+    def on_classifier_eval(self, event: ClassifierEvalEvent) -> None: ...

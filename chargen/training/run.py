@@ -79,8 +79,8 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     elif request.init_from is not None:
         train_config = TrainConfig(**request.train)
         torch.manual_seed(train_config.seed)
-        model, base = _fine_tune_start(request, request.init_from)
-        wanted = lambda facts: _fine_tune_vocabulary(base, facts, request.grow_vocab)  # noqa: E731
+        model, base = fine_tune_start(request.init_from, request.model, request.tokenizer)
+        wanted = lambda facts: fine_tune_vocabulary(base, facts.chars_seen, request.grow_vocab)  # noqa: E731
     else:
         train_config = TrainConfig(**request.train)
         model, wanted = None, TokenizerConfig(**request.tokenizer)
@@ -93,11 +93,8 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
     if model is None:
         torch.manual_seed(train_config.seed)  # the model's initial weights follow --seed
         model = CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, **request.model))
-    elif request.init_from is not None and tokenizer is not base:
-        model = _grow_vocabulary(model, base, tokenizer)
-        callbacks.on_message(
-            f"vocabulary grew by {tokenizer.vocab_size - base.vocab_size} characters to {tokenizer.vocab_size}"
-        )
+    elif request.init_from is not None:
+        model = adopt_vocabulary(model, base, tokenizer, callbacks)
 
     if request.val_file is not None:
         held_out = Split("head", max_chars=train_config.val_max_chars)
@@ -112,7 +109,7 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None) -> Traine
         train_ids, val_ids = tokens.ids, val.before_cut
     else:
         train_ids, val_ids = tokens.before_cut, tokens.after_cut
-    train_config = _fit_batch(train_config, train_ids, val_ids, tokens.facts.cut, callbacks)
+    train_config = fit_batch(train_config, train_ids, val_ids, tokens.facts.cut, callbacks)
     info = {
         "source": str(request.corpus),
         "sha256": tokens.facts.sha256,
@@ -217,9 +214,11 @@ def _resumed_config(payload: dict[str, Any], request: TrainRequest) -> TrainConf
     return from_dict(TrainConfig, {**old_train, **overrides})
 
 
-def _fine_tune_start(request: TrainRequest, init_from: Path) -> tuple[CharLM, Tokenizer]:
+def fine_tune_start(
+    init_from: Path, model_options: dict[str, Any], tokenizer_options: dict[str, Any]
+) -> tuple[CharLM, Tokenizer]:
     """The other model's weights and tokenizer; its architecture is kept (only dropout may change)."""
-    shape_options = sorted(set(request.model) - {"dropout"}) + sorted(request.tokenizer)
+    shape_options = sorted(set(model_options) - {"dropout"}) + sorted(tokenizer_options)
     if shape_options:
         raise ConfigError(
             f"{_flag(shape_options[0])} cannot change with --init-from: "
@@ -227,19 +226,19 @@ def _fine_tune_start(request: TrainRequest, init_from: Path) -> tuple[CharLM, To
         )
     loaded = build_model(load_checkpoint(init_from), init_from)
     model = loaded.model
-    if request.model.get("dropout") is not None:
-        config = dataclasses.replace(model.config, dropout=request.model["dropout"])
+    if model_options.get("dropout") is not None:
+        config = dataclasses.replace(model.config, dropout=model_options["dropout"])
         rebuilt = CharLM(config)
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
     return model, loaded.tokenizer
 
 
-def _fine_tune_vocabulary(tokenizer: Tokenizer, facts: CorpusFacts, grow: bool) -> Tokenizer:
-    """The model's own tokenizer, or (with --grow-vocab) one with the corpus's new characters added."""
+def fine_tune_vocabulary(tokenizer: Tokenizer, chars: str, grow: bool) -> Tokenizer:
+    """The model's own tokenizer, or (with `grow`) one with the characters of `chars` it lacks."""
     if not isinstance(tokenizer, CharTokenizer):
         return tokenizer
-    missing = tokenizer.covers(facts.chars_seen)
+    missing = tokenizer.covers(chars)
     if missing and not grow:
         shown = "".join(missing[:20])
         raise CorpusError(
@@ -247,6 +246,15 @@ def _fine_tune_vocabulary(tokenizer: Tokenizer, facts: CorpusFacts, grow: bool) 
             "pass --grow-vocab to add them"
         )
     return CharTokenizer(tokenizer.chars + missing) if missing else tokenizer
+
+
+def adopt_vocabulary(model: CharLM, base: Tokenizer, tokenizer: Tokenizer, callbacks: Callbacks) -> CharLM:
+    """The fine-tuned model, its embedding and output grown (visibly) when the vocabulary grew."""
+    if not isinstance(base, CharTokenizer) or not isinstance(tokenizer, CharTokenizer) or tokenizer is base:
+        return model
+    grown = tokenizer.vocab_size - base.vocab_size
+    callbacks.on_message(f"vocabulary grew by {grown} characters to {tokenizer.vocab_size}")
+    return _grow_vocabulary(model, base, tokenizer)
 
 
 def _grow_vocabulary(model: CharLM, old: CharTokenizer, new: CharTokenizer) -> CharLM:
@@ -265,7 +273,7 @@ def _grow_vocabulary(model: CharLM, old: CharTokenizer, new: CharTokenizer) -> C
     return grown
 
 
-def _fit_batch(
+def fit_batch(
     config: TrainConfig, train_ids: torch.Tensor, val_ids: torch.Tensor, train_chars: int, callbacks: Callbacks
 ) -> TrainConfig:
     """Shrink the batch, visibly, when a small corpus cannot fill it; refuse a corpus below one window."""

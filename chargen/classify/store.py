@@ -1,0 +1,68 @@
+"""The classifier file: one self-contained file holding the tokenizer, the weights, the labels and
+the method. It is a chargen checkpoint of another kind, so it is written atomically and loaded
+safely (`weights_only=True`, zip checksums, validated fields) by chargen.checkpoint's code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chargen.checkpoint import FileKind, load_checkpoint, load_weights, read_model_config, save_checkpoint
+from chargen.classify.models import DiscriminativeClassifier, GenerativeClassifier, Module
+from chargen.config import ClassifierConfig, ModelConfig, from_dict
+from chargen.data.tokenizers import Tokenizer
+from chargen.errors import CheckpointError, ConfigError
+
+CLASSIFIER = FileKind(
+    "chargen-classifier",
+    1,
+    "classifier",
+    required={
+        "labels": list,
+        "classifier_config": dict,
+        "model_config": dict,
+        "tokenizer": dict,
+        "model": dict,
+        "metrics": dict,
+        "data": dict,
+    },
+    optional={"train_config": dict},
+)
+
+
+@dataclass
+class LoadedClassifier:
+    module: Module
+    tokenizer: Tokenizer
+    labels: list[str]
+    config: ClassifierConfig
+    payload: dict[str, Any]
+
+
+def new_module(config: ClassifierConfig, model_config: ModelConfig, classes: int) -> Module:
+    if config.method == "generative":
+        return GenerativeClassifier(model_config, classes)
+    return DiscriminativeClassifier(model_config, classes, config.pooling, config.max_len)
+
+
+def save_classifier(path: Path, payload: dict[str, Any]) -> None:
+    save_checkpoint(path, payload, CLASSIFIER)
+
+
+def build_classifier(payload: dict[str, Any], source: str | Path) -> LoadedClassifier:
+    model_config, tokenizer = read_model_config(payload, source)
+    try:
+        config = from_dict(ClassifierConfig, payload["classifier_config"])
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{source} has an invalid classifier_config: {err}") from None
+    labels = payload["labels"]
+    if len(labels) < 2 or not all(isinstance(label, str) for label in labels):
+        raise CheckpointError(f"{source}: its labels should be two or more strings")
+    module = new_module(config, model_config, len(labels))
+    load_weights(module, payload["model"], source)
+    return LoadedClassifier(module, tokenizer, labels, config, payload)
+
+
+def load_classifier_file(path: str | Path) -> LoadedClassifier:
+    return build_classifier(load_checkpoint(path, CLASSIFIER), path)

@@ -1,0 +1,69 @@
+"""The real `chargen classify` command in subprocesses: train, eval, predict, and bad input."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import chargen_command, latin_and_cyrillic
+
+TINY = ["--layers", "1", "--hidden", "32", "--batch-size", "8", "--seq-len", "32", "--threads", "1"]
+BUDGET = ["--max-steps", "40", "--eval-every", "20", "--lr", "0.01", "--precision", "fp32"]
+
+
+def chargen(*args: object, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*chargen_command(), *map(str, args)], capture_output=True, text=True, input=stdin, cwd=cwd, timeout=300
+    )
+
+
+def test_train_eval_and_predict_end_to_end(tmp_path: Path) -> None:
+    data = tmp_path / "scripts"
+    for n, (label, text) in enumerate(latin_and_cyrillic()):  # the IMDB layout: data/<label>/<n>.txt
+        (data / label).mkdir(parents=True, exist_ok=True)
+        (data / label / f"{n}.txt").write_text(text, encoding="utf-8")
+    trained = chargen(
+        "classify", "train", data, "--method", "generative", "--test-frac", "0.2", *TINY, *BUDGET, cwd=tmp_path
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert (
+        "class language models: one per label (cyrillic, latin)" in trained.stdout
+        and "test: accuracy 100.00%" in trained.stdout
+    )
+    model = tmp_path / "checkpoints" / "scripts.clf"
+    assert f"saved {Path('checkpoints') / 'scripts.clf'}" in trained.stdout
+
+    evaluated = chargen("classify", "eval", model, data, "--format", "json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    figures = json.loads(evaluated.stdout)
+    assert figures["subset"] == "test" and figures["examples"] == 16 and figures["accuracy"] == 1.0
+    assert figures["confusion"]["matrix"] == [[8, 0], [0, 8]]
+    table = chargen("classify", "eval", model, data)
+    assert "macro-F1 1.0000" in table.stdout and "confusion matrix" in table.stdout
+
+    lines = "the cat sat on the mat\nкот сидел на ковре\n"
+    predicted = chargen("classify", "predict", model, "--file", "-", "--format", "jsonl", stdin=lines)
+    assert predicted.returncode == 0, predicted.stderr
+    records = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert [r["label"] for r in records] == ["latin", "cyrillic"]
+    assert records[1]["text"] == "кот сидел на ковре" and set(records[1]["bpc"]) == {"latin", "cyrillic"}
+    plain = chargen("classify", "predict", model, "hello world")
+    assert plain.stdout.startswith("latin\tlatin 0.") and '"hello world"' in plain.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("ham\thello\nham\tbye\n", "has only one label ('ham')"),
+        ("ham\thello\nspam no tab here\n", "data.tsv line 2: no tab; each line must be label<TAB>text"),
+        (b"ham\thello\nspam\tcaf\xe9\n", "is not valid UTF-8 (byte 0xe9 at offset 18) on line 2"),
+    ],
+)
+def test_bad_labelled_data_is_one_error_line(content: str | bytes, message: str, tmp_path: Path) -> None:
+    data = tmp_path / "data.tsv"
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = chargen("classify", "train", data, "--out", tmp_path / "m.clf", *TINY, *BUDGET)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "m.clf").exists()
