@@ -82,10 +82,13 @@ class TokenFile:
     def verify(self) -> None:
         """Read the data once through a small buffer (the page cache, not this process, holds it)."""
         crc = 0
-        with self.path.open("rb") as f:
-            f.seek(self.header["data_offset"])
-            while block := f.read(_READ_BLOCK):
-                crc = zlib.crc32(block, crc)
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.header["data_offset"])
+                while block := f.read(_READ_BLOCK):
+                    crc = zlib.crc32(block, crc)
+        except OSError as err:
+            raise Damaged(f"it cannot be read: {err.strerror or err}") from None
         if crc != self.header["crc32"]:
             raise Damaged("its data does not match its checksum")
 

@@ -60,12 +60,13 @@ def tokenize(
         token_cache.remove_temps(folder, key)
         current = _current(folder, key, fingerprint_now, notify)
         recipe = _recipe(wanted)
-        for file in (f for f in current if recipe is not None and f.header["recipe"] == recipe):
+        for file in [f for f in current if recipe is not None and f.header["recipe"] == recipe]:
             if check is not None:
                 check(file.facts)
             found = _verified(file, notify)
             if found is not None:
                 return found
+            current.remove(file)
         facts = current[0].facts if current else scan(corpus, split, report)
         if check is not None:
             check(facts)
