@@ -21,7 +21,7 @@ def train(
     val_file: Annotated[Path | None, typer.Option(help="Validate on this file instead of the corpus tail.")] = None,
     val_frac: Annotated[float | None, typer.Option(help="Fraction of the corpus held out [0.1].")] = None,
     val_max_chars: Annotated[
-        int | None, typer.Option(help="At most this many characters held out (and of --val-file) [1000000].")
+        int | None, typer.Option(help="At most this many characters held out (and of --val-file) [300000].")
     ] = None,
     tokenizer: common.TokenizerKind = None,
     vocab_size: common.VocabSize = None,
