@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from chargen.cli import classify, demo, evaluate, info, plot, repl, report, sample, train
+from chargen.cli import cache, classify, demo, evaluate, info, plot, repl, report, sample, train
 from chargen.errors import ChargenError
 from chargen.threads import prepare_runtime
 
@@ -48,6 +48,7 @@ app.command()(sample.sample)
 app.command()(repl.repl)
 app.command()(plot.plot)
 app.command()(report.report)
+app.add_typer(cache.app, name="cache")
 app.add_typer(classify.app, name="classify")
 
 

@@ -21,9 +21,15 @@ def train(
     grow_vocab: Annotated[bool, typer.Option(help="With --init-from: add characters the model lacks.")] = False,
     val_file: Annotated[Path | None, typer.Option(help="Validate on this file instead of the corpus tail.")] = None,
     val_frac: Annotated[float | None, typer.Option(help="Fraction of the corpus held out [0.1].")] = None,
+    val_max_chars: Annotated[
+        int | None, typer.Option(help="At most this many characters held out (and of --val-file) [300000].")
+    ] = None,
     tokenizer: common.TokenizerKind = None,
     vocab_size: common.VocabSize = None,
     sp_type: Annotated[str | None, typer.Option(help="SentencePiece model: unigram or bpe.")] = None,
+    sp_sample_chars: Annotated[
+        int | None, typer.Option(help="SentencePiece trains on this many characters of the corpus [20000000].")
+    ] = None,
     cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn [lstm].")] = None,
     layers: common.Layers = None,
     hidden: common.Hidden = None,
@@ -72,7 +78,7 @@ def train(
             tie_weights=tie_weights,
             output=output,
         ),
-        tokenizer=given(kind=tokenizer, vocab_size=vocab_size, model_type=sp_type),
+        tokenizer=given(kind=tokenizer, vocab_size=vocab_size, model_type=sp_type, sample_chars=sp_sample_chars),
         train=given(
             batch_size=batch_size,
             seq_len=seq_len,
@@ -86,6 +92,7 @@ def train(
             eval_every=eval_every,
             patience=patience,
             val_frac=val_frac,
+            val_max_chars=val_max_chars,
             seed=seed,
             device=device,
             threads=threads,
