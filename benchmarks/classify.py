@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_model
 
 from chargen.classify.metrics import Report, report
 from chargen.config import ClassifierConfig, TrainConfig
@@ -30,16 +31,6 @@ from chargen.data.labelled import Examples, Split, read_examples, split_examples
 SMS_SPAM = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "sms_spam.tsv"
 TEST_FRAC = 0.2
 NB_ALPHAS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)  # ties go to the larger (smoother) one
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def naive_bayes(split: Split, labels: list[str]) -> tuple[Report, float, float]:

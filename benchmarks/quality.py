@@ -67,7 +67,7 @@ def run_reference(corpus: Path, seconds: float, eval_every: float) -> list[dict]
     tokenizer = CharTokenizer.train(train_text)
     train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
     val_streams = EvalStreams.build(val_ids, EVAL_ROWS, EVAL_BURN_IN)
-    val_chars = characters_scored(val_text, val_text[:1])
+    val_chars = characters_scored(tokenizer, val_ids)
     torch.manual_seed(0)
     model = CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, layers=2, hidden=512, dropout=0.0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)

@@ -46,7 +46,7 @@ CHECKPOINT = FileKind(
     VERSION,
     "checkpoint",
     required={"model_config": dict, "tokenizer": dict, "model": dict, "metrics": dict},
-    optional={"train_config": dict, "corpus": dict, "resume": dict},
+    optional={"train_config": dict, "corpus": dict, "resume": dict, "history": list},
 )
 
 
@@ -166,6 +166,9 @@ def _check_schema(path: Path, payload: dict[str, Any], kind: FileKind) -> None:
     for name, value in payload["metrics"].items():
         if value is not None and not isinstance(value, (int, float)):
             raise CheckpointError(f"{path}: metric {name!r} should be a number, not {type(value).__name__}")
+    for record in payload.get("history", []):
+        if not isinstance(record, dict) or not all(isinstance(v, (int, float)) for v in record.values()):
+            raise CheckpointError(f"{path}: the training history is damaged (each record should hold numbers)")
     if "resume" in payload:
         _check_resume(path, payload["resume"])
 

@@ -5,14 +5,30 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
+from itertools import pairwise
 from typing import Any, Literal
 
 from chargen.errors import ConfigError
 
 Cell = Literal["lstm", "gru", "rnn"]
 TokenizerKind = Literal["char", "sentencepiece"]
+OutputKind = Literal["full", "adaptive"]
 Method = Literal["generative", "discriminative"]
 Pooling = Literal["last", "mean", "max", "all"]
+
+
+# Above this many tokens `--output auto` picks the adaptive softmax, which is faster there;
+# measured with benchmarks/vocab.py (README, Performance).
+ADAPTIVE_ABOVE = 1000
+
+
+def resolve_output(requested: str, vocab_size: int, tie_weights: bool) -> str:
+    """'auto' is the adaptive softmax above ADAPTIVE_ABOVE tokens, unless weights are tied (only
+    the full softmax has one output row per token to share with the embedding)."""
+    _require(requested in ("auto", "full", "adaptive"), f"--output must be auto, full or adaptive, got {requested!r}")
+    if requested == "auto":
+        return "adaptive" if vocab_size > ADAPTIVE_ABOVE and not tie_weights else "full"
+    return requested
 
 
 def _require(ok: bool, message: str) -> None:
@@ -31,6 +47,8 @@ class ModelConfig:
     embed: int = 0  # 0 means auto: see embed_dim
     dropout: float = 0.1
     tie_weights: bool = False
+    output: OutputKind = "full"  # checkpoints from before the adaptive softmax have the full one
+    cutoffs: tuple[int, ...] = ()  # adaptive only: cluster boundaries in frequency rank
 
     def __post_init__(self) -> None:
         _require(self.vocab_size >= 2, f"vocab_size must be at least 2, got {self.vocab_size}")
@@ -44,6 +62,25 @@ class ModelConfig:
                 self.embed_dim == self.hidden,
                 "--tie-weights needs --embed equal to --hidden (or 0)",
             )
+        _require(self.output in ("full", "adaptive"), f"--output must be auto, full or adaptive, got {self.output!r}")
+        if self.output == "adaptive":
+            _require(not self.tie_weights, "--tie-weights needs the full softmax: use --output full")
+            bounds = (0, *self.cutoffs, self.vocab_size)
+            _require(
+                bool(self.cutoffs) and all(a < b for a, b in pairwise(bounds)),
+                f"adaptive cutoffs must rise strictly between 0 and the vocabulary size {self.vocab_size}, "
+                f"got {self.cutoffs}",
+            )
+        else:
+            _require(not self.cutoffs, "cutoffs are for the adaptive softmax only")
+
+    def describe_output(self) -> str:
+        """The output layer in a few words, for `chargen info`, training and the REPL."""
+        if self.output == "full":
+            return "full softmax"
+        bounds = (*self.cutoffs, self.vocab_size)
+        clusters = ", ".join(f"{low}-{high - 1}" for low, high in pairwise(bounds))
+        return f"adaptive softmax (head {self.cutoffs[0]}, clusters {clusters} by frequency rank)"
 
     @property
     def embed_dim(self) -> int:
@@ -60,6 +97,7 @@ class TokenizerConfig:
     kind: TokenizerKind = "char"
     vocab_size: int = 2000  # sentencepiece only
     model_type: Literal["bpe", "unigram"] = "unigram"
+    sample_chars: int = 20_000_000  # sentencepiece trains on this many characters spread over the corpus
 
     def __post_init__(self) -> None:
         _require(
@@ -68,6 +106,7 @@ class TokenizerConfig:
         )
         _require(self.model_type in ("bpe", "unigram"), f"--sp-type must be bpe or unigram, got {self.model_type!r}")
         _require(self.vocab_size >= 1, f"--vocab-size must be positive, got {self.vocab_size}")
+        _require(self.sample_chars >= 1, f"--sp-sample-chars must be positive, got {self.sample_chars}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +126,7 @@ class TrainConfig:
     eval_every: int = 250
     patience: int = 0  # evaluations without improvement before stopping; 0 disables
     val_frac: float = 0.1
+    val_max_chars: int = 300_000  # caps the validation tail: ~3.5 s per evaluation of the default model on 2 cores
     seed: int = 1337
     device: str = "auto"
     threads: int = 0  # 0 means torch's default
@@ -111,6 +151,7 @@ class TrainConfig:
         _require(self.eval_every >= 1, f"--eval-every must be positive, got {self.eval_every}")
         _require(self.patience >= 0, f"--patience must be >= 0, got {self.patience}")
         _require(0 < self.val_frac < 0.5, f"--val-frac must be in (0, 0.5), got {self.val_frac}")
+        _require(self.val_max_chars >= 2, f"--val-max-chars must be at least 2, got {self.val_max_chars}")
         _require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
         _require(
             self.precision in ("auto", "fp32", "bf16"),

@@ -19,5 +19,9 @@ class ConfigError(ChargenError):
     pass
 
 
+class CacheError(ChargenError):
+    pass
+
+
 class TrainingDiverged(ChargenError):
     pass

@@ -1,12 +1,12 @@
-"""The language model: embedding -> stacked recurrent layers -> output head. No I/O here."""
+"""The language model: embedding -> stacked recurrent layers -> output layer. No I/O here."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chargen.config import ModelConfig
+from chargen.output import make_output_layer
 
 # LSTM state is (h, c); GRU and RNN state is h alone. Both are kept as a tuple of tensors,
 # each (layers, batch, hidden), so carrying, detaching and saving state is one code path.
@@ -28,18 +28,16 @@ class CharLM(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
             batch_first=True,
         )
-        self.head = nn.Linear(config.hidden, config.vocab_size)
+        self.head = make_output_layer(config)  # full or adaptive softmax (chargen.output)
         if config.tie_weights:
             self.head.weight = self.embed.weight
         self._init_weights()
 
     def _init_weights(self) -> None:
         # Unit-variance embeddings drive the first layer's gates from step one (a small init
-        # learns markedly slower); a shared matrix must suit the output head, so it starts smaller.
+        # learns markedly slower); a shared matrix must suit the output layer, so it starts smaller.
+        # The output layer initialises itself.
         nn.init.normal_(self.embed.weight, std=self.config.hidden**-0.5 if self.config.tie_weights else 1.0)
-        if not self.config.tie_weights:
-            nn.init.normal_(self.head.weight, std=self.config.hidden**-0.5)
-        nn.init.zeros_(self.head.bias)
         if self.config.cell == "lstm":
             hidden = self.config.hidden
             for name, bias in self.rnn.named_parameters():
@@ -67,18 +65,18 @@ class CharLM(nn.Module):
         return self.drop(out), new_state
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """ids (B, T) -> next-token logits (B, T, V) (softmax gives the distribution) and the state."""
+        """ids (B, T) -> next-token scores (B, T, V) and the state. Their softmax is the model's
+        distribution: logits for the full softmax, log-probabilities for the adaptive one."""
         out, state = self.encode(ids, state)
-        return self.head(out), state
+        return self.head.scores(out), state
 
     def nll(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Negative log-likelihood of each target in nats (B, T), and the state. Training and
-        evaluation go through here rather than through the logits, so an output layer that never
-        forms all V logits can serve both."""
+        evaluation go through here rather than through the scores, so the adaptive softmax
+        scores only the clusters the targets lie in."""
         out, state = self.encode(ids, state)
-        logits = self.head(out).float()  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        return loss.view(targets.shape), state
+        nats = self.head.nll(out.flatten(0, 1), targets.flatten())  # (B T,)
+        return nats.view(targets.shape), state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

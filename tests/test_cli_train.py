@@ -101,6 +101,21 @@ def test_chinese_corpus_trains_and_unseen_characters_do_not_crash(tmp_path: Path
     assert chargen("eval", tmp_path / "zh.pt", unseen).returncode == 0
 
 
+def test_adaptive_softmax_trains_evaluates_and_samples_from_the_command_line(tmp_path: Path) -> None:
+    corpus = tmp_path / "poems.txt"
+    corpus.write_text(CHINESE * 40, encoding="utf-8")
+    out = tmp_path / "zh.pt"
+    result = chargen("train", corpus, *SMALL, "--output", "adaptive", "--max-steps", "20", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "adaptive softmax (head" in result.stdout
+    assert "adaptive softmax (head" in chargen("info", out).stdout
+    report = json.loads(chargen("eval", out, corpus, "--format", "json").stdout)
+    assert 0 < report["bpc"] < 6
+    sample = chargen("sample", out, "--prime", "床前", "--length", "40", "--seed", "1", "--no-show-prime")
+    assert sample.returncode == 0, sample.stderr
+    assert len(sample.stdout.rstrip("\n")) == 40
+
+
 def test_fine_tuning_refuses_new_characters_unless_the_vocabulary_grows(tiny_checkpoint: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "new.txt"
     corpus.write_text("Whan that Aprille — with ñ and 中\n" * 60, encoding="utf-8")
@@ -171,6 +186,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(corpus_file: Path, tmp_path: Pat
         (["train", "ok.txt", "--lr", "-1"], "--lr must be in (0, 1)"),
         (["train", "ok.txt", "--max-time", "soon"], "cannot read duration 'soon'"),
         (["train", "ok.txt", "--out", "/proc/chargen/m.pt"], "cannot write to /proc/chargen"),
+        (["train", "ok.txt", "--output", "sparse"], "--output must be auto, full or adaptive, got 'sparse'"),
+        (["train", "ok.txt", "--output", "adaptive", "--tie-weights"], "--tie-weights needs the full softmax"),
         (["info", "ok.txt"], "ok.txt is not a chargen checkpoint"),
         (["eval", "ok.txt", "ok.txt"], "ok.txt is not a chargen checkpoint"),
     ],

@@ -263,3 +263,54 @@ def test_a_second_ctrl_c_during_the_save_is_ignored(tmp_path: Path, corpus_file:
     assert f"saved {out.with_name('m.last.pt')}" in lines[0] and "--resume" in lines[0]
     assert load_model(out.with_name("m.last.pt")).payload["resume"]["step"] == step
     assert temp_files(tmp_path) == []
+
+
+# --- the token cache ---------------------------------------------------------------------------
+
+
+def cache_files(home: Path) -> list[str]:
+    folder = home / "cache"
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.is_dir() else []
+
+
+def big_corpus(path: Path, megabytes: int) -> Path:
+    line = "Whan that Aprille with his shoures soote, 床前明月光，疑是地上霜。\n"
+    path.write_text(line * (megabytes * 1_000_000 // len(line.encode())), encoding="utf-8")
+    return path
+
+
+def train_cli(corpus: Path, home: Path, **popen: Any) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "chargen", "train", str(corpus), *TINY, "--max-steps", "1", "--quiet"]
+    env = {**os.environ, "CHARGEN_HOME": str(home)}
+    return subprocess.Popen(command, env=env, cwd=corpus.parent, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_a_full_disk_while_the_cache_is_written_is_one_line_and_leaves_no_cache(tmp_path: Path) -> None:
+    import resource
+
+    def limit_file_size() -> None:  # writes past 200 KB fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    corpus, home = big_corpus(tmp_path / "big.txt", 1), tmp_path / "home"
+    process = train_cli(corpus, home, preexec_fn=limit_file_size)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert stderr.startswith("Error: cannot write the token cache in ") and stderr.count("\n") == 1, stderr
+    assert "Traceback" not in stderr and cache_files(home) == []
+    assert train_cli(corpus, home).wait(timeout=120) == 0
+    assert [name.endswith(".tokens") for name in cache_files(home)] == [True]
+
+
+def test_sigkill_while_the_cache_is_written_leaves_nothing_a_later_run_trusts(tmp_path: Path) -> None:
+    corpus, home = big_corpus(tmp_path / "big.txt", 24), tmp_path / "home"
+    process = train_cli(corpus, home)
+    deadline = time.monotonic() + 120
+    while not any(name.endswith(".tmp") for name in cache_files(home)):
+        assert process.poll() is None and time.monotonic() < deadline, "the cache was never being written"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not any(name.endswith(".tokens") for name in cache_files(home))
+    assert train_cli(corpus, home).wait(timeout=300) == 0
+    assert [name.endswith(".tokens") for name in cache_files(home)] == [True]  # the leftover is gone

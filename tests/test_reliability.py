@@ -110,7 +110,7 @@ def test_corpus_missing_path_is_named_and_nothing_is_left_behind(cli, workdir: P
 def test_corpus_folder_without_text_files_is_named(cli, workdir: Path) -> None:
     (workdir / "photos").mkdir()
     write(workdir / "photos" / "cat.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 20)
-    assert_clear_error(cli("train", "photos", *TINY), "photos holds no text files")
+    assert_clear_error(cli("train", "photos", *TINY, "--max-steps", "1"), "photos holds no text files")
     assert files_in(workdir) == {"photos", "photos/cat.png"}
 
 
@@ -121,16 +121,18 @@ def test_corpus_unreadable_file_is_named(
     # Root reads anything whatever its mode bits, so the refusal comes from the read itself.
     (workdir / "texts").mkdir()
     locked = write(workdir / "texts" / "locked.txt", ENGLISH)
-    real_read = Path.read_bytes
+    real_open = Path.open
 
-    def read_bytes(self: Path) -> bytes:
+    def open_file(self: Path, *args: Any, **kwargs: Any) -> Any:
         if self.name == "locked.txt":
             raise PermissionError(13, "Permission denied", str(self))
-        return real_read(self)
+        return real_open(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(Path, "open", open_file)
     corpus = locked.parent if inside_a_folder else locked
-    assert_clear_error(cli("train", corpus, *TINY), "cannot read ", "texts/locked.txt: Permission denied")
+    assert_clear_error(
+        cli("train", corpus, *TINY, "--max-steps", "1"), "cannot read ", "texts/locked.txt: Permission denied"
+    )
     assert files_in(workdir) == {"texts", "texts/locked.txt"}
 
 
@@ -141,10 +143,11 @@ def test_corpus_empty_or_blank_fails_before_any_model_is_built(
     def never(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a tokenizer or model was built for an empty corpus")
 
-    monkeypatch.setattr("chargen.training.run.train_tokenizer", never)
+    monkeypatch.setattr("chargen.data.tokenized.train_tokenizer", never)
+    monkeypatch.setattr("chargen.data.tokenized.CharTokenizer", never)
     monkeypatch.setattr("chargen.training.run.CharLM", never)
     write(workdir / "blank.txt", content)
-    assert_clear_error(cli("train", "blank.txt", *TINY), "blank.txt is empty (or only whitespace)")
+    assert_clear_error(cli("train", "blank.txt", *TINY, "--max-steps", "1"), "blank.txt is empty (or only whitespace)")
     assert files_in(workdir) == {"blank.txt"}
 
 
@@ -170,7 +173,9 @@ def test_corpus_short_for_the_batch_lowers_it_with_a_visible_warning(cli, workdi
 def test_corpus_invalid_utf8_gives_the_byte_offset_and_the_flag(cli, workdir: Path) -> None:
     latin1 = write(workdir / "latin1.txt", ("Ça ira, café crème. " * 40).encode("latin-1"))
     assert_clear_error(
-        cli("train", latin1, *TINY), "latin1.txt is not valid UTF-8 (byte 0xc7 at offset 0)", "--replace-invalid"
+        cli("train", latin1, *TINY, "--max-steps", "1"),
+        "latin1.txt is not valid UTF-8 (byte 0xc7 at offset 0)",
+        "--replace-invalid",
     )
     assert files_in(workdir) == {"latin1.txt"}
     outcome = cli("train", latin1, *TINY, "--replace-invalid", "--max-steps", "1", "--quiet")
@@ -193,7 +198,7 @@ def test_corpus_invalid_utf8_offset_counts_the_bom_and_names_the_file_in_a_folde
 def test_corpus_binary_file_is_refused_unless_forced(cli, workdir: Path) -> None:
     # An ELF made of NUL and ASCII bytes decodes as UTF-8: only the sniff catches it.
     elf = write(workdir / "program", b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00" + b"main printf puts\n" * 60)
-    assert_clear_error(cli("train", elf, *TINY), "program looks binary", "--allow-binary")
+    assert_clear_error(cli("train", elf, *TINY, "--max-steps", "1"), "program looks binary", "--allow-binary")
     assert files_in(workdir) == {"program"}
     assert cli("train", elf, *TINY, "--allow-binary", "--max-steps", "1", "--quiet").code == 0
 

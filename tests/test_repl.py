@@ -233,9 +233,11 @@ def plain(screen_text: str) -> str:
 
 
 class Pty:
-    def __init__(self, checkpoint: Path, *options: str) -> None:
+    def __init__(self, checkpoint: Path, *options: str, no_color: bool = False) -> None:
         env = {**os.environ, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
         env.pop("NO_COLOR", None)
+        if no_color:
+            env["NO_COLOR"] = "1"
         command = [*chargen_command(), "repl", str(checkpoint), *options]
         self.child = pexpect.spawn(command[0], command[1:], env=env, encoding="utf-8", timeout=60, dimensions=(40, 120))
         self.child.expect(READY)
@@ -261,8 +263,8 @@ class Pty:
 def repl(tiny_checkpoint: Path) -> Iterator[Callable[..., Pty]]:
     started: list[Pty] = []
 
-    def start(*options: str) -> Pty:
-        started.append(Pty(tiny_checkpoint, *options))
+    def start(*options: str, no_color: bool = False) -> Pty:
+        started.append(Pty(tiny_checkpoint, *options, no_color=no_color))
         return started[-1]
 
     yield start
@@ -409,3 +411,9 @@ def test_a_bad_option_is_one_error_line(tiny_checkpoint: Path) -> None:
     result = run_piped(tiny_checkpoint, b"", "--temperature", "-1")
     assert result.returncode == 1
     assert result.stderr.decode().strip() == "Error: --temperature must be a number >= 0, got -1.0"
+
+
+def test_no_color_keeps_the_shading_off_and_says_so(repl: Callable[..., Pty]) -> None:
+    pty = repl("--seed", "1", no_color=True)
+    assert "NO_COLOR is set" in plain(pty.line("/color"))
+    assert "\x1b[38;" not in pty.line("Whan")

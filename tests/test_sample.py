@@ -236,8 +236,10 @@ def test_int8_weights_keep_the_models_quality(loaded, english_text: str) -> None
     assert abs(int8 - fp32) < 0.01 * fp32
 
 
-def test_auto_precision_is_int8_for_an_lstm_on_the_cpu_and_fp32_otherwise(loaded) -> None:
-    assert Sampler(loaded.model, loaded.tokenizer).precision == "int8"
+def test_auto_precision_is_measured_for_an_lstm_on_the_cpu_and_fp32_otherwise(loaded) -> None:
+    kernel = Sampler(loaded.model, loaded.tokenizer).kernel
+    assert kernel.how == "measured" and set(kernel.speeds) == {"int8", "fp32"}
+    assert kernel.precision == max(kernel.speeds, key=kernel.speeds.__getitem__)
     gru = CharLM(ModelConfig(loaded.tokenizer.vocab_size, cell="gru", layers=1, hidden=8))
     assert Sampler(gru, loaded.tokenizer).precision == "fp32"
 

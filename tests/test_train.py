@@ -168,3 +168,23 @@ def test_without_an_output_path_the_best_weights_stay_in_memory(corpus_file: Pat
     assert list(tmp_path.iterdir()) == []
     in_memory.model.load_state_dict(in_memory.best_weights)
     assert in_memory.validation_bpc() == pytest.approx(best.val_bpc, abs=1e-5)
+
+
+def test_a_run_on_the_token_cache_equals_the_run_that_built_it(corpus_file: Path, tmp_path: Path) -> None:
+    from chargen.data import token_cache
+    from chargen.data.corpus import read_corpus
+
+    building = Recorder()
+    first = start(corpus_file, tmp_path / "a.pt", building)
+    assert len(token_cache.entries(token_cache.cache_dir())) == 1
+    first.run()
+    stamp = [p.stat().st_mtime_ns for p in token_cache.entries(token_cache.cache_dir())]
+    reusing = Recorder()
+    second = start(corpus_file, tmp_path / "b.pt", reusing)
+    assert [p.stat().st_mtime_ns for p in token_cache.entries(token_cache.cache_dir())] == stamp  # not rebuilt
+    text = read_corpus(corpus_file)
+    in_memory = second.tokenizer.encode(text)
+    assert torch.equal(torch.cat([second.data.train_ids, second.data.val_ids]), in_memory)
+    second.run()
+    assert reusing.losses == building.losses and len(building.losses) == 40
+    assert [e.val_bpc for e in reusing.evals] == [e.val_bpc for e in building.evals]

@@ -52,7 +52,14 @@ from chargen.errors import TrainingDiverged
 from chargen.model import CharLM
 from chargen.training.events import Callbacks
 from chargen.training.loop import Interrupted, TrainingLoop
-from chargen.training.run import check_writable, default_out, fine_tune_start, fit_batch
+from chargen.training.run import (
+    adopt_vocabulary,
+    check_writable,
+    default_out,
+    fine_tune_start,
+    fine_tune_vocabulary,
+    fit_batch,
+)
 from chargen.training.trainer import Trainer
 
 
@@ -172,7 +179,9 @@ def _lm_config(module: Module) -> ModelConfig:
 
 def _starting_model(request: ClassifyRequest, train_text: str, callbacks: Callbacks) -> tuple[CharLM, Tokenizer]:
     if request.init_from is not None:  # characters the checkpoint lacks are added
-        return fine_tune_start(request.init_from, train_text, request.model, request.tokenizer, True, callbacks)
+        model, base = fine_tune_start(request.init_from, request.model, request.tokenizer)
+        tokenizer = fine_tune_vocabulary(base, train_text, grow=True)
+        return adopt_vocabulary(model, base, tokenizer, callbacks), tokenizer
     tokenizer = train_tokenizer(train_text, TokenizerConfig(**request.tokenizer))
     return CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, **request.model)), tokenizer
 
@@ -215,8 +224,8 @@ class _Phases:
         train_text, val_text = self.stream_text(self.split.train.texts), joined_text(self.split.val.texts)
         train_ids, val_ids = self.tokenizer.encode(train_text), self.tokenizer.encode(val_text)
         config = dataclasses.replace(self.train_config, max_time=self.budget.next())
-        config = fit_batch(config, train_ids, val_ids, train_text, self.callbacks)
-        val_chars = characters_scored(val_text, self.tokenizer.decode(val_ids[:1]))
+        config = fit_batch(config, train_ids, val_ids, len(train_text), self.callbacks)
+        val_chars = characters_scored(self.tokenizer, val_ids)
         data = Dataset(train_ids, val_ids, len(train_text), val_chars)
         trainer = Trainer(lm, self.tokenizer, data, config, None, self.device, self.dtype, self.callbacks)
         self.run(trainer, "base language model")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
-from chargen.cli import classify, demo, evaluate, info, repl, sample, train
+from chargen.cli import cache, classify, demo, evaluate, info, plot, repl, report, sample, train
 from chargen.errors import ChargenError
+from chargen.threads import prepare_runtime
 
 app = typer.Typer(
     add_completion=False,
@@ -19,17 +21,40 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Character-level text generation: train on your own text, sample, explore in a REPL.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"chargen {version('chargen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Character-level text generation: train on your own text, sample, explore in a REPL."""
+
+
 app.command()(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command()(info.info)
 app.command()(demo.demo)
 app.command()(sample.sample)
 app.command()(repl.repl)
+app.command()(plot.plot)
+app.command()(report.report)
+app.add_typer(cache.app, name="cache")
 app.add_typer(classify.app, name="classify")
 
 
 def main() -> None:
     """Run the app; every user-facing failure becomes one line on stderr and an exit code."""
+    prepare_runtime()  # before any command imports torch
     try:
         code = app(standalone_mode=False)
     except ChargenError as err:

@@ -118,9 +118,8 @@ def train(
         fitted = fit(request, display)
     if quiet:
         return
-    from rich.console import Console
 
-    console = Console()
+    console = common.console()
     held_out = [("validation", fitted.validation)] + ([("test", fitted.test)] if fitted.test else [])
     for name, scored in held_out:
         console.print(
@@ -229,10 +228,10 @@ def _prediction_line(text: str, prediction: Prediction) -> str:
 
 
 def _print_report(scored: Report, title: str) -> None:
-    from rich.console import Console
+
     from rich.table import Table
 
-    console = Console()
+    console = common.console()
     console.print(title, highlight=False)
     console.print(
         f"accuracy {scored.accuracy:.2%}  macro-F1 {scored.macro_f1:.4f}  ({scored.total:,} examples)",

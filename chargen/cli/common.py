@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+import sys
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from chargen.config import parse_duration
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Options `chargen train` and `chargen classify train` share, declared once.
 TokenizerKind = Annotated[str | None, typer.Option(help="char or sentencepiece [char].")]
@@ -31,14 +35,15 @@ def given(**options: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def pin_threads(threads: int | None) -> None:
-    """Pin torch's intra-op threads before torch does any work (OMP_NUM_THREADS is honoured too)."""
+def pin_threads(threads: int | None) -> int:
+    """Pin torch's intra-op threads before torch does any work: --threads, else OMP_NUM_THREADS,
+    else one per CPU this process may use, and never more than those (chargen.threads)."""
     from chargen.device import set_threads
+    from chargen.threads import choose_threads
 
-    if threads:
-        set_threads(threads)
-    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        set_threads(int(os.environ["OMP_NUM_THREADS"]))
+    chosen = choose_threads(threads or 0)
+    set_threads(chosen)
+    return chosen
 
 
 def time_budget(max_time: str | None, max_steps: int | None, max_epochs: float | None) -> float | None:
@@ -46,3 +51,18 @@ def time_budget(max_time: str | None, max_steps: int | None, max_epochs: float |
     if max_time is not None:
         return parse_duration(max_time)
     return 0.0 if (max_steps or max_epochs) else None
+
+
+def plain_output() -> bool:
+    """NO_COLOR (https://no-color.org: any non-empty value) asks for text without colour or styles."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def console(file: IO[str] | None = None, soft_wrap: bool = False) -> Console:
+    """Every command's rich console. Styles only on a terminal and without NO_COLOR: rich alone
+    would keep bold and dim under NO_COLOR, and an escape code in a pipe is noise."""
+    from rich.console import Console
+
+    file = file or sys.stdout
+    styled = not plain_output() and file.isatty()
+    return Console(file=file, color_system="auto" if styled else None, highlight=False, soft_wrap=soft_wrap)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,28 +15,44 @@ from chargen.errors import ChargenError
 
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint.")],
-    text_file: Annotated[Path, typer.Argument(help="A UTF-8 text file to score.")],
+    text_file: Annotated[Path, typer.Argument(help="A UTF-8 text file (or a folder of them) to score.")],
     format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes.")] = False,
 ) -> None:
-    """Bits per character of TEXT_FILE under the model (state carried over the whole file)."""
+    """Bits per character of TEXT_FILE under the model (state carried over the whole file). The
+    file is streamed through the token cache; on a terminal a bar shows the progress."""
     pin_threads(threads)
+    from rich.console import Console
+
     from chargen.analysis.evaluate import bits_per_char, characters_scored
     from chargen.checkpoint import load_model
-    from chargen.data.corpus import ReadOptions, read_corpus
+    from chargen.cli.progress import WorkProgress
+    from chargen.data.corpus import ReadOptions, open_corpus
+    from chargen.data.scan import Split
+    from chargen.data.tokenized import tokenize
     from chargen.device import select_device
 
     if format not in ("text", "json"):
         raise ChargenError(f"--format must be text or json, got {format!r}")
     loaded = load_model(checkpoint)
-    text = read_corpus(text_file, ReadOptions("replace" if replace_invalid else "strict"))
-    ids = loaded.tokenizer.encode(text)
+    corpus = open_corpus(text_file, ReadOptions("replace" if replace_invalid else "strict"))
+    console = Console(stderr=True)
+    progress = WorkProgress(console, interactive=sys.stderr.isatty())
+    tokens = tokenize(
+        corpus,
+        Split("none"),
+        lambda facts: loaded.tokenizer,
+        notify=lambda message: console.print(message, style="yellow", markup=False, highlight=False),
+        report=progress.update if progress.interactive else None,
+    )
+    ids = tokens.ids
     if len(ids) < 2:
         raise ChargenError(f"{text_file} is too short to score: it needs at least two tokens")
     device = select_device("auto")
-    chars = characters_scored(text, loaded.tokenizer.decode(ids[:1]))
-    bpc = bits_per_char(loaded.model.to(device), ids, chars, device)
+    chars = characters_scored(loaded.tokenizer, ids)
+    scoring = (lambda done, total: progress.update("scoring", done, total, "tokens")) if progress.interactive else None
+    bpc = bits_per_char(loaded.model.to(device), ids, chars, device, progress=scoring)
     if format == "json":
         print(
             json.dumps(

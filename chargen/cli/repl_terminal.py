@@ -12,10 +12,10 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from rich.color import Color
-from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
+from chargen.cli.common import console, plain_output
 from chargen.repl.commands import CommandError, parse_line
 from chargen.repl.session import Session
 
@@ -35,7 +35,10 @@ def serve(lines: Iterator[str], session: Session, display: Display) -> None:
                     continue
                 display.note(session.apply(command))
                 if command.name == "color" and session.color and display.interactive:
-                    display.legend()
+                    if plain_output():
+                        display.hint("NO_COLOR is set, so the text is not shaded")
+                    else:
+                        display.legend()
             except CommandError as err:
                 display.hint(str(err))
 
@@ -137,8 +140,8 @@ class Display:
 
     def __init__(self, interactive: bool) -> None:
         self.interactive = interactive
-        self._out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-        self._notes = Console(file=sys.stdout if interactive else sys.stderr, highlight=False, soft_wrap=True)
+        self._out = console(sys.stdout, soft_wrap=True)
+        self._notes = console(sys.stdout if interactive else sys.stderr, soft_wrap=True)
         self._line_open = False
 
     def write(self, text: str, style: Style | str | None = None) -> None:

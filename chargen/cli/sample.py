@@ -44,9 +44,10 @@ def sample(
     out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of stdout.")] = None,
     show_prime: Annotated[bool, typer.Option(help="Text format: print each priming text before its sample.")] = True,
     first_index: Annotated[int, typer.Option(help="Number samples from here (sample i is stream i of the seed).")] = 0,
-    precision: Annotated[str, typer.Option(help="auto, fp32 or int8 (auto: int8 for an LSTM on CPU).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32 or int8 (auto: the fastest measured here).")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which sampling step runs, on stderr.")] = False,
 ) -> None:
     """Generate text from CHECKPOINT: one sample, many in parallel, or one per line of a file."""
     from chargen.cli.common import given, pin_threads
@@ -71,7 +72,7 @@ def sample(
         raise ConfigError(f"--first-index must be >= 0, got {first_index}")
     primes = read_primes(prime, prime_file, whole_file)
 
-    pin_threads(threads)
+    chosen_threads = pin_threads(threads)
     from chargen.checkpoint import load_model
     from chargen.device import select_device
     from chargen.generation.draw import fresh_seed
@@ -80,6 +81,8 @@ def sample(
     loaded = load_model(checkpoint)
     where = select_device(device)
     sampler = Sampler(loaded.model.to(where), loaded.tokenizer, where, precision)
+    if verbose:
+        print(f"sampling step: {sampler.kernel.describe()} · {where} · {chosen_threads} threads", file=sys.stderr)
     if config.seed is None:
         config = replace(config, seed=fresh_seed())
     streams = [p for p in primes for _ in range(samples)]

@@ -10,6 +10,7 @@ import typer
 
 from chargen.cli import common
 from chargen.cli.common import given, pin_threads
+from chargen.config import ADAPTIVE_ABOVE
 
 
 def train(
@@ -20,15 +21,25 @@ def train(
     grow_vocab: Annotated[bool, typer.Option(help="With --init-from: add characters the model lacks.")] = False,
     val_file: Annotated[Path | None, typer.Option(help="Validate on this file instead of the corpus tail.")] = None,
     val_frac: Annotated[float | None, typer.Option(help="Fraction of the corpus held out [0.1].")] = None,
+    val_max_chars: Annotated[
+        int | None, typer.Option(help="At most this many characters held out (and of --val-file) [300000].")
+    ] = None,
     tokenizer: common.TokenizerKind = None,
     vocab_size: common.VocabSize = None,
     sp_type: Annotated[str | None, typer.Option(help="SentencePiece model: unigram or bpe.")] = None,
+    sp_sample_chars: Annotated[
+        int | None, typer.Option(help="SentencePiece trains on this many characters of the corpus [20000000].")
+    ] = None,
     cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn [lstm].")] = None,
     layers: common.Layers = None,
     hidden: common.Hidden = None,
     embed: common.Embed = None,
     dropout: common.Dropout = None,
     tie_weights: Annotated[bool | None, typer.Option(help="Share embedding and output weights.")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help=f"Output layer: auto, full or adaptive softmax [auto: adaptive above {ADAPTIVE_ABOVE} ids]."),
+    ] = None,
     batch_size: common.BatchSize = None,
     seq_len: common.SeqLen = None,
     lr: common.LearningRate = None,
@@ -58,8 +69,16 @@ def train(
         corpus=corpus,
         out=out,
         read=ReadOptions("replace" if replace_invalid else "strict", not keep_crlf, allow_binary),
-        model=given(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout, tie_weights=tie_weights),
-        tokenizer=given(kind=tokenizer, vocab_size=vocab_size, model_type=sp_type),
+        model=given(
+            cell=cell,
+            layers=layers,
+            hidden=hidden,
+            embed=embed,
+            dropout=dropout,
+            tie_weights=tie_weights,
+            output=output,
+        ),
+        tokenizer=given(kind=tokenizer, vocab_size=vocab_size, model_type=sp_type, sample_chars=sp_sample_chars),
         train=given(
             batch_size=batch_size,
             seq_len=seq_len,
@@ -73,6 +92,7 @@ def train(
             eval_every=eval_every,
             patience=patience,
             val_frac=val_frac,
+            val_max_chars=val_max_chars,
             seed=seed,
             device=device,
             threads=threads,
@@ -120,6 +140,7 @@ def _describe_run(trainer: Any, display: Any) -> None:
     precision = "bf16" if trainer.dtype is not None else "fp32"
     display.console.print(
         f"{m.layers}×{m.hidden} {m.cell.upper()} · {trainer.tokenizer.kind} vocab {m.vocab_size} · "
+        f"{m.describe_output()} · "
         f"{trainer.model.num_parameters() / 1e6:.2f}M params · {len(trainer.data.train_ids):,} train tokens · "
         f"batch {c.batch_size}×{c.seq_len} · {trainer.device.type} {precision} · budget {budget}"
         + (f" · resuming at step {trainer.progress.step}" if trainer.progress.step else ""),

@@ -13,6 +13,7 @@ target token is used exactly once per epoch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,15 +30,28 @@ class Cursor:
 
 
 class StreamBatches:
-    def __init__(self, ids: Tensor, batch_size: int, seq_len: int) -> None:
+    """The ids (often a memory map of the token cache) seen as B streams; windows are copied out of
+    it one at a time, so the corpus itself never enters process memory.
+
+    `rows` serves a contiguous block of the B streams only (a process that trains part of the
+    batch); its windows are those rows of the full batch's windows.
+    """
+
+    def __init__(self, ids: Tensor, batch_size: int, seq_len: int, rows: range | None = None) -> None:
         columns = (len(ids) - 1) // batch_size
         if columns < 1:
             raise ValueError("fewer tokens than streams")
+        rows = rows if rows is not None else range(batch_size)
+        if rows.step != 1 or not 0 <= rows.start < rows.stop <= batch_size:
+            raise ValueError(f"rows {rows} is not a contiguous block of the {batch_size} streams")
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.columns = columns
-        self.inputs = ids[: batch_size * columns].view(batch_size, columns)  # (B, S), compact dtype
-        self.targets = ids[1 : batch_size * columns + 1].view(batch_size, columns)
+        self.rows = rows
+        inputs = ids[: batch_size * columns].view(batch_size, columns)  # (B, S), compact dtype
+        targets = ids[1 : batch_size * columns + 1].view(batch_size, columns)
+        self.inputs = inputs[rows.start : rows.stop]  # (rows, S)
+        self.targets = targets[rows.start : rows.stop]
 
     @property
     def windows_per_epoch(self) -> int:
@@ -52,7 +66,7 @@ class StreamBatches:
         (in which case the caller must reset the hidden state: the streams start over)."""
         start = cursor.offset
         stop = min(start + self.seq_len, self.columns)
-        x = self.inputs[:, start:stop].long()  # (B, T)
+        x = self.inputs[:, start:stop].long()  # (rows, T)
         y = self.targets[:, start:stop].long()
         nxt = Cursor(cursor.epoch, stop) if stop < self.columns else Cursor(cursor.epoch + 1, 0)
         return x, y, nxt, start == 0
@@ -67,11 +81,11 @@ class EvalStreams:
 
     Row j predicts its own segment; it first reads up to `burn_in` tokens of the segment before
     (not scored), so it starts with a warmed-up state as if the text were read in one pass.
+    Windows are cut from `ids` as they are read, so a text of any length costs one window of memory.
     """
 
-    inputs: Tensor  # (B, L) long
-    targets: Tensor  # (B, L) long
-    scored: Tensor  # (B, L) bool
+    ids: Tensor  # (N,) any integer dtype; may be memory-mapped
+    spans: list[tuple[int, int, int]]  # per row: first input, end of targets, tokens of warm-up
 
     @classmethod
     def build(cls, ids: Tensor, rows: int, burn_in: int) -> EvalStreams:
@@ -85,24 +99,34 @@ class EvalStreams:
                 break
             warm = min(burn_in, first)
             spans.append((first - warm, last, warm))
-        length = max(last - start for start, last, _ in spans)
-        inputs = torch.zeros(len(spans), length, dtype=torch.long)
-        targets = torch.zeros(len(spans), length, dtype=torch.long)
-        scored = torch.zeros(len(spans), length, dtype=torch.bool)
-        ids = ids.long()
-        for row, (start, last, warm) in enumerate(spans):
-            n = last - start
-            inputs[row, :n] = ids[start:last]
-            targets[row, :n] = ids[start + 1 : last + 1]
-            scored[row, warm:n] = True
-        return cls(inputs, targets, scored)
+        return cls(ids, spans)
+
+    @property
+    def length(self) -> int:
+        return max(last - start for start, last, _ in self.spans)
+
+    def windows(self, width: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(inputs, targets, scored), each (rows, <= width), along the rows in step."""
+        for offset in range(0, self.length, width):
+            n = min(width, self.length - offset)
+            inputs = torch.zeros(len(self.spans), n, dtype=torch.long)
+            targets = torch.zeros(len(self.spans), n, dtype=torch.long)
+            scored = torch.zeros(len(self.spans), n, dtype=torch.bool)
+            for row, (start, last, warm) in enumerate(self.spans):
+                begin, end = start + offset, min(start + offset + n, last)
+                if begin >= end:
+                    continue
+                inputs[row, : end - begin] = self.ids[begin:end]
+                targets[row, : end - begin] = self.ids[begin + 1 : end + 1]
+                scored[row, max(warm - offset, 0) : end - begin] = True
+            yield inputs, targets, scored
 
 
 @dataclass
 class Dataset:
     """A corpus already tokenized, with the character counts that turn nats into bits/char."""
 
-    train_ids: torch.Tensor
+    train_ids: torch.Tensor  # (N,) compact dtype, usually a memory map of the token cache
     val_ids: torch.Tensor
     train_chars: int
     val_chars: int  # characters the validation targets cover

@@ -143,8 +143,7 @@ class LSTMStepper:
                     self._scales.append(scale / _H_SCALE)
                 else:
                     self._weights.append(weight.t().contiguous())
-            self._head_w_t = (param(model.head.weight) / self._h_scale).t().contiguous()  # (H, V), on hs
-            self._head_b = param(model.head.bias)
+            self._scores = model.head.step_scorer(device, self._h_scale)  # hs (B, H) -> (B, V)
 
     def enter(self, state: State) -> list[Tensor]:
         h, c = state  # each (layers, B, H)
@@ -166,7 +165,7 @@ class LSTMStepper:
         return torch.addmm(self._bias0, F.embedding(tokens, self._embed), self._w_ih0_t)
 
     def step(self, tokens: Tensor, inner: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """tokens (B,) -> next-token logits (B, V) and the new state."""
+        """tokens (B,) -> next-token scores (B, V) (softmax-ready) and the new state."""
         width, h_scale = self._width, self._h_scale
         new: list[Tensor] = []
         below: Tensor | None = None  # the layer below's new h, as this layer's input
@@ -189,5 +188,4 @@ class LSTMStepper:
             else:
                 below = hs
                 new += [hs, cc]
-        logits = torch.addmm(self._head_b, new[-width], self._head_w_t)  # (B, V)
-        return logits, new
+        return self._scores(new[-width]), new

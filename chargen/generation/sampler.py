@@ -23,6 +23,7 @@ from chargen.config import SampleConfig
 from chargen.data.tokenizers import Tokenizer
 from chargen.generation.draw import StreamRandom, choose, fresh_seed
 from chargen.generation.inference import make_stepper
+from chargen.generation.kernels import choose_kernel
 from chargen.generation.text_output import TextOutput
 from chargen.model import CharLM, State
 
@@ -135,7 +136,8 @@ class Sampler:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.stepper = make_stepper(model, self.device, precision)
+        self.kernel = choose_kernel(model, self.device, precision)  # auto: measured once per machine
+        self.stepper = make_stepper(model, self.device, self.kernel.precision)
         self.precision = self.stepper.precision
         start = tokenizer.encode("\n")
         self._start_id = int(start[-1]) if len(start) else 0
@@ -197,7 +199,7 @@ class Sampler:
         out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T, H)
         last = out[torch.arange(len(ids)), lengths_t - 1]
         new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
-        return new_state, model.head(last).float()
+        return new_state, model.head.scores(last).float()
 
     @torch.inference_mode()
     def stream(self, context: Context, config: SampleConfig, first_index: int = 0) -> Iterator[Step]:

@@ -29,6 +29,8 @@ def describe_model(checkpoint: Path, payload: dict[str, Any], vocab_size: int) -
         f"{m['layers']}×{m['hidden']} {m['cell'].upper()}",
         f"{payload['tokenizer']['kind']} vocab {vocab_size}",
     ]
+    if m.get("output") == "adaptive":
+        parts.append("adaptive softmax")
     if isinstance(bpc, float) and math.isfinite(bpc):
         parts.append(f"val {bpc:.2f} bpc")
     return " · ".join(parts)
@@ -116,5 +118,5 @@ class Session:
         shown = [setting.show(getattr(self.config, field)) for field, setting in BY_FIELD.items()]
         shown[list(BY_FIELD).index("seed")] += f" (turn {self.turn})"
         shown.append(f"colour {'on' if self.color else 'off'}")
-        shown.append(f"{self.sampler.device} {self.sampler.precision}")
+        shown.append(f"{self.sampler.device} {self.sampler.kernel.describe()}")
         return " · ".join(shown)

@@ -32,6 +32,15 @@ class EvalEvent:
 
 
 @dataclass
+class WorkEvent:
+    """Progress through one pass over the corpus before training (reading it, encoding it)."""
+
+    task: str
+    done: int  # bytes
+    total: int
+
+
+@dataclass
 class ClassifierEvalEvent:
     """A classifier measured on its validation examples during training."""
 
@@ -51,6 +60,8 @@ class Callbacks:
     def on_eval(self, event: EvalEvent) -> None: ...
 
     def on_message(self, message: str) -> None: ...
+
+    def on_work(self, event: WorkEvent) -> None: ...
 
     def on_phase(self, name: str, detail: str) -> None:
         """A run made of several trainings (a classifier's) starts the next one."""

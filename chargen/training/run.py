@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,15 +14,18 @@ import torch
 
 from chargen.analysis.evaluate import characters_scored
 from chargen.checkpoint import build_model, load_checkpoint, remove_stale_temps
-from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict
+from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict, resolve_output
 from chargen.data.batches import Dataset
-from chargen.data.corpus import ReadOptions, read_corpus, split_validation
-from chargen.data.tokenizers import CharTokenizer, Tokenizer, train_tokenizer
+from chargen.data.corpus import ReadOptions, open_corpus
+from chargen.data.scan import CorpusFacts, Split
+from chargen.data.tokenized import Wanted, tokenize
+from chargen.data.tokenizers import CharTokenizer, Tokenizer
 from chargen.device import select_device, select_precision
 from chargen.errors import CheckpointError, ConfigError, CorpusError
 from chargen.model import CharLM
+from chargen.output import adaptive_cutoffs
 from chargen.training.distributed import World
-from chargen.training.events import Callbacks
+from chargen.training.events import Callbacks, WorkEvent
 from chargen.training.trainer import Trainer, last_checkpoint_path
 
 # Options a resumed run may change; anything else would make it a different run.
@@ -73,47 +76,54 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None, world: Wo
     check_writable(out)
     if world.restarted and last_checkpoint_path(out).exists():
         request = dataclasses.replace(request, resume=True)
-    text = read_corpus(request.corpus, request.read)
-    info = {
-        "source": str(request.corpus),
-        "sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "chars": len(text),
-        "val_source": str(request.val_file) if request.val_file else "tail",
-    }
+    corpus = open_corpus(request.corpus, request.read)
     resume_payload = _load_resumable(last_checkpoint_path(out)) if request.resume else None
     if resume_payload is not None:
-        train_config = _resumed_config(resume_payload, request, info)
+        train_config = _resumed_config(resume_payload, request)
+        loaded = build_model(resume_payload, last_checkpoint_path(out))
+        model: CharLM | None = loaded.model
+        wanted: Wanted = lambda facts: loaded.tokenizer  # noqa: E731
+    elif request.init_from is not None:
+        train_config = TrainConfig(**request.train)
+        torch.manual_seed(train_config.seed)
+        model, base = fine_tune_start(request.init_from, request.model, request.tokenizer)
+        wanted = lambda facts: fine_tune_vocabulary(base, facts.chars_seen, request.grow_vocab)  # noqa: E731
     else:
         train_config = TrainConfig(**request.train)
+        model, wanted = None, TokenizerConfig(**request.tokenizer)
+
+    split = Split("none") if request.val_file else Split("tail", train_config.val_frac, train_config.val_max_chars)
+    check = _corpus_check(resume_payload, train_config, request.val_file is not None)
+    report = _reporter(callbacks)
+    tokens = tokenize(corpus, split, wanted, check, callbacks.on_message, report)
+    tokenizer = tokens.tokenizer
+    if request.init_from is not None:
+        model = adopt_vocabulary(model, base, tokenizer, callbacks)
+
     if request.val_file is not None:
-        train_text, val_text = text, read_corpus(request.val_file, request.read)
-    else:
-        train_text, val_text = split_validation(text, train_config.val_frac)
-    if len(train_text) < 2 or len(val_text) < 2:  # before a tokenizer is trained on nothing
-        raise _too_small(len(train_text), train_config.seq_len, train_config.val_frac, chars_per_token=1.0)
-
-    if resume_payload is not None:
-        loaded = build_model(resume_payload, last_checkpoint_path(out))
-        model, tokenizer = loaded.model, loaded.tokenizer
-    elif request.init_from is not None:
-        torch.manual_seed(train_config.seed)
-        model, tokenizer = fine_tune_start(
-            request.init_from, text, request.model, request.tokenizer, request.grow_vocab, callbacks
+        held_out = Split("head", max_chars=train_config.val_max_chars)
+        val = tokenize(
+            open_corpus(request.val_file, request.read),
+            held_out,
+            lambda facts: tokenizer,
+            None,
+            callbacks.on_message,
+            report,
         )
+        train_ids, val_ids = tokens.ids, val.before_cut
     else:
+        train_ids, val_ids = tokens.before_cut, tokens.after_cut
+    if model is None:
         torch.manual_seed(train_config.seed)  # the model's initial weights follow --seed
-        tokenizer = train_tokenizer(train_text, TokenizerConfig(**request.tokenizer))
-        model = CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, **request.model))
-
-    train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
-    train_config = fit_batch(train_config, train_ids, val_ids, train_text, callbacks)
-    data = Dataset(
-        train_ids,
-        val_ids,
-        len(train_text),
-        characters_scored(val_text, tokenizer.decode(val_ids[:1])),
-        info,
-    )
+        model = _new_model(request.model, tokenizer.vocab_size, train_ids)
+    train_config = fit_batch(train_config, train_ids, val_ids, tokens.facts.cut, callbacks)
+    info = {
+        "source": str(request.corpus),
+        "sha256": tokens.facts.sha256,
+        "chars": tokens.facts.chars,
+        "val_source": str(request.val_file) if request.val_file else "tail",
+    }
+    data = Dataset(train_ids, val_ids, tokens.facts.cut, characters_scored(tokenizer, val_ids), info)
     device = world.device(select_device(train_config.device))
     dtype = select_precision(train_config.precision, device)
     for path in (out, last_checkpoint_path(out)):  # left by a run killed in the middle of a save
@@ -128,6 +138,43 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None, world: Wo
         raise CheckpointError(f"{source}: its training state cannot be restored ({reason})") from None
     _check_training_state(trainer, source)
     return trainer
+
+
+def _new_model(options: dict[str, Any], vocab_size: int, train_ids: torch.Tensor) -> CharLM:
+    """A fresh model; `--output auto` becomes the full or the adaptive softmax here, the
+    adaptive one ranked by the training text's token frequencies."""
+    options = dict(options)
+    tie_weights = options.get("tie_weights", False)
+    output = resolve_output(options.pop("output", "auto"), vocab_size, tie_weights)
+    if output == "full":
+        return CharLM(ModelConfig(vocab_size=vocab_size, output="full", **options))
+    counts = torch.bincount(train_ids.long(), minlength=vocab_size)
+    config = ModelConfig(vocab_size=vocab_size, output="adaptive", cutoffs=adaptive_cutoffs(counts), **options)
+    model = CharLM(config)
+    model.head.set_frequencies(counts)
+    return model
+
+
+def _corpus_check(
+    resume_payload: dict[str, Any] | None, config: TrainConfig, val_file: bool
+) -> Callable[[CorpusFacts], None]:
+    """Refuse, before any tokenizer is trained: a resumed run's corpus that has changed, a corpus
+    too small to hold a validation split."""
+
+    def check(facts: CorpusFacts) -> None:
+        if resume_payload is not None and resume_payload.get("corpus", {}).get("sha256") != facts.sha256:
+            raise ConfigError(
+                "the corpus has changed since this run started; resume needs the same text "
+                "(start a new run with another --out, or fine-tune with --init-from)"
+            )
+        if facts.cut < 2 or (not val_file and facts.chars - facts.cut < 2):
+            raise _too_small(facts.cut, config.seq_len, config.val_frac, chars_per_token=1.0)
+
+    return check
+
+
+def _reporter(callbacks: Callbacks) -> Callable[[str, int, int], None]:
+    return lambda task, done, total: callbacks.on_work(WorkEvent(task, done, total))
 
 
 def _check_training_state(trainer: Trainer, source: Path) -> None:
@@ -145,9 +192,12 @@ def _check_training_state(trainer: Trainer, source: Path) -> None:
 
 def _flag(option: str) -> str:
     """The command-line flag a config field comes from."""
-    return {"kind": "--tokenizer", "model_type": "--sp-type", "warmup_steps": "--warmup"}.get(
-        option, "--" + option.replace("_", "-")
-    )
+    return {
+        "kind": "--tokenizer",
+        "model_type": "--sp-type",
+        "sample_chars": "--sp-sample-chars",
+        "warmup_steps": "--warmup",
+    }.get(option, "--" + option.replace("_", "-"))
 
 
 def _load_resumable(path: Path) -> dict[str, Any]:
@@ -161,15 +211,11 @@ def _load_resumable(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _resumed_config(payload: dict[str, Any], request: TrainRequest, info: dict[str, Any]) -> TrainConfig:
-    """The run's own settings, with only budgets and run-time options taken from the request."""
+def _resumed_config(payload: dict[str, Any], request: TrainRequest) -> TrainConfig:
+    """The run's own settings, with only budgets and run-time options taken from the request.
+    (The corpus is compared once it has been read: see _corpus_check.)"""
     old_train = payload.get("train_config", {})
     old_model = payload["model_config"]
-    if payload.get("corpus", {}).get("sha256") != info["sha256"]:
-        raise ConfigError(
-            "the corpus has changed since this run started; resume needs the same text "
-            "(start a new run with another --out, or fine-tune with --init-from)"
-        )
     for given, old in ((request.model, old_model), (request.train, old_train)):
         for key, value in given.items():
             if key not in RESUMABLE and old.get(key) != value:
@@ -191,66 +237,68 @@ def _resumed_config(payload: dict[str, Any], request: TrainRequest, info: dict[s
 
 
 def fine_tune_start(
-    init_from: Path,
-    text: str,
-    model_options: dict[str, Any],
-    tokenizer_options: dict[str, Any],
-    grow_vocab: bool,
-    callbacks: Callbacks,
+    init_from: Path, model_options: dict[str, Any], tokenizer_options: dict[str, Any]
 ) -> tuple[CharLM, Tokenizer]:
     """The other model's weights and tokenizer; its architecture is kept (only dropout may change)."""
     shape_options = sorted(set(model_options) - {"dropout"}) + sorted(tokenizer_options)
     if shape_options:
-        flag = "--" + shape_options[0].replace("_", "-")
         raise ConfigError(
-            f"{flag} cannot change with --init-from: the model's shape and tokenizer come from {init_from}"
+            f"{_flag(shape_options[0])} cannot change with --init-from: "
+            f"the model's shape and tokenizer come from {init_from}"
         )
     loaded = build_model(load_checkpoint(init_from), init_from)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model = loaded.model
     if model_options.get("dropout") is not None:
         config = dataclasses.replace(model.config, dropout=model_options["dropout"])
         rebuilt = CharLM(config)
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
-    if isinstance(tokenizer, CharTokenizer):
-        missing = tokenizer.covers(text)
-        if missing and not grow_vocab:
-            shown = "".join(missing[:20])
-            raise CorpusError(
-                f"the corpus has {len(missing)} characters the model's vocabulary lacks ({shown!r}); "
-                "pass --grow-vocab to add them"
-            )
-        if missing:
-            grown = CharTokenizer(tokenizer.chars + missing)
-            model = _grow_vocabulary(model, tokenizer, grown)
-            callbacks.on_message(f"vocabulary grew by {len(missing)} characters to {grown.vocab_size}")
-            tokenizer = grown
-    return model, tokenizer
+    return model, loaded.tokenizer
+
+
+def fine_tune_vocabulary(tokenizer: Tokenizer, chars: str, grow: bool) -> Tokenizer:
+    """The model's own tokenizer, or (with `grow`) one with the characters of `chars` it lacks."""
+    if not isinstance(tokenizer, CharTokenizer):
+        return tokenizer
+    missing = tokenizer.covers(chars)
+    if missing and not grow:
+        shown = "".join(missing[:20])
+        raise CorpusError(
+            f"the corpus has {len(missing)} characters the model's vocabulary lacks ({shown!r}); "
+            "pass --grow-vocab to add them"
+        )
+    return CharTokenizer(tokenizer.chars + missing) if missing else tokenizer
+
+
+def adopt_vocabulary(model: CharLM, base: Tokenizer, tokenizer: Tokenizer, callbacks: Callbacks) -> CharLM:
+    """The fine-tuned model, its embedding and output grown (visibly) when the vocabulary grew."""
+    if not isinstance(base, CharTokenizer) or not isinstance(tokenizer, CharTokenizer) or tokenizer is base:
+        return model
+    grown = tokenizer.vocab_size - base.vocab_size
+    callbacks.on_message(f"vocabulary grew by {grown} characters to {tokenizer.vocab_size}")
+    return _grow_vocabulary(model, base, tokenizer)
 
 
 def _grow_vocabulary(model: CharLM, old: CharTokenizer, new: CharTokenizer) -> CharLM:
-    """Copy each known character's embedding and output row to its new id; new rows start fresh."""
+    """Copy each known character's embedding and output weights to its new id; new ones start
+    fresh (in the adaptive softmax, as the rarest tokens)."""
     grown = CharLM(dataclasses.replace(model.config, vocab_size=new.vocab_size))
-    state = grown.state_dict()
-    old_state = model.state_dict()
     new_index = {c: i + 1 for i, c in enumerate(new.chars)}
     mapping = torch.tensor([0] + [new_index[c] for c in old.chars])  # old id -> new id
-    for key, value in old_state.items():
-        if key in ("embed.weight", "head.weight", "head.bias"):
-            state[key][mapping] = value
-        else:
-            state[key] = value
-    grown.load_state_dict(state)
+    with torch.no_grad():
+        grown.rnn.load_state_dict(model.rnn.state_dict())
+        grown.embed.weight[mapping] = model.embed.weight
+        grown.head.copy_grown(model.head, mapping)
     return grown
 
 
 def fit_batch(
-    config: TrainConfig, train_ids: torch.Tensor, val_ids: torch.Tensor, train_text: str, callbacks: Callbacks
+    config: TrainConfig, train_ids: torch.Tensor, val_ids: torch.Tensor, train_chars: int, callbacks: Callbacks
 ) -> TrainConfig:
     """Shrink the batch, visibly, when a small corpus cannot fill it; refuse a corpus below one window."""
     if len(val_ids) < 2 or len(train_ids) - 1 < config.seq_len:
-        chars_per_token = len(train_text) / max(len(train_ids), 1)
-        raise _too_small(len(train_text), config.seq_len, config.val_frac, chars_per_token)
+        chars_per_token = train_chars / max(len(train_ids), 1)
+        raise _too_small(train_chars, config.seq_len, config.val_frac, chars_per_token)
     fits = (len(train_ids) - 1) // config.seq_len
     if fits < config.batch_size:
         callbacks.on_message(

@@ -4,6 +4,7 @@ best/last checkpoints that a run can resume from. The loop itself is chargen.tra
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class Trainer(TrainingLoop):
         self.tokens_per_char = len(data.train_ids) / data.train_chars
         self.state: State | None = None
         self._next_state: State | None = None
+        self.history: list[dict[str, float]] = []
         if resume is not None:
             self._restore(resume)
         else:
@@ -129,12 +131,8 @@ class Trainer(TrainingLoop):
         return self.validation_bpc()
 
     def evaluated(self, improved: bool, train_losses: list[float], eval_seconds: float) -> None:
-        """Save last (and best if improved), log, and show a sample."""
+        """Record the evaluation, save last (and best if improved), and show a sample."""
         p = self.progress
-        if improved:
-            self._keep_best()
-        if self.last_path is not None:
-            self._save(self.last_path, resume=True)
         sample = self._sample() if self.config.sample_chars and self.world.is_main else ""
         event = EvalEvent(
             p.step,
@@ -147,8 +145,14 @@ class Trainer(TrainingLoop):
             p.elapsed,
             sample,
         )
-        if self.metrics_path is not None and self.world.is_main:
-            self._log(event)
+        record = self._record(event)
+        if improved:
+            self._keep_best()
+        if self.last_path is not None:
+            self._save(self.last_path, resume=True)
+        if self.metrics_path is not None and self.world.is_main:  # after the saves, which create the folder
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
         self.callbacks.on_eval(event)
 
     def _keep_best(self) -> None:
@@ -164,9 +168,9 @@ class Trainer(TrainingLoop):
         self.model.train()
         return text
 
-    def _log(self, event: EvalEvent) -> None:
-        import json
-
+    def _record(self, event: EvalEvent) -> dict[str, float]:
+        """The evaluation as a record of the history every checkpoint carries (so a single shared
+        file still has its training curve); the metrics log gets the same record as a line."""
         record = {
             "step": event.step,
             "epoch": round(event.epoch, 4),
@@ -177,8 +181,8 @@ class Trainer(TrainingLoop):
             "eval_seconds": round(event.eval_seconds, 3),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        self.history.append(record)
+        return record
 
     # --- checkpoints ------------------------------------------------------------------------
     def payload(self, resume: bool) -> dict[str, Any]:
@@ -197,6 +201,7 @@ class Trainer(TrainingLoop):
                 "tokens_per_char": self.tokens_per_char,
             },
             "corpus": dict(self.data.info),
+            "history": list(self.history),
         }
         if resume:
             payload["resume"] = {
@@ -232,3 +237,4 @@ class Trainer(TrainingLoop):
         )
         torch.set_rng_state(r["rng"])
         self.state = tuple(s[:, self.rows].to(self.device) for s in r["hidden"]) or None
+        self.history = list(payload.get("history", []))  # checkpoints before the history have none

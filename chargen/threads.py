@@ -1,0 +1,103 @@
+"""How many threads a run may use, and how they wait: decided before torch is imported.
+
+torch's default thread count is the number of cores it sees, which ignores a cgroup CPU quota
+(containers, CI runners) and, with OpenMP's default busy-waiting, a second process on the same
+cores makes both spin on each other's time slices: two runs on two cores took 3-8x their time
+alone instead of 2x. So a run never uses more threads than the CPUs it may use (its affinity
+mask, capped by the cgroup quota), and OpenMP threads sleep when idle (OMP_WAIT_POLICY=passive),
+which libgomp reads once, when torch loads it: `prepare_runtime` must run before `import torch`.
+
+This module imports nothing heavy, so the CLI can call it first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+WAIT_POLICY = "passive"  # see benchmarks/busy.py for the measurement behind it
+
+
+def allowed_cpus(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (at least 1)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity masks
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, math.floor(quota))  # 1.5 CPUs of quota: one thread that is never throttled
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """The tightest CPU quota (in CPUs) on this process's cgroup and its ancestors, v2 (cpu.max)
+    or v1 (cpu.cfs_quota_us / cpu.cfs_period_us); None when there is none or it cannot be read."""
+    try:
+        lines = proc_cgroup.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: "0::/path"
+            quotas += [_v2_quota(folder) for folder in _ancestors(cgroup_root, path)]
+        elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/path"
+            base = next((cgroup_root / name for name in ("cpu", "cpu,cpuacct") if (cgroup_root / name).is_dir()), None)
+            if base is not None:
+                quotas += [_v1_quota(folder) for folder in _ancestors(base, path)]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _ancestors(root: Path, path: str) -> list[Path]:
+    """The cgroup folder of `path` under `root` and every folder above it up to `root`."""
+    folder = root / path.strip("/")
+    return [folder, *(p for p in folder.parents if p.is_relative_to(root))]
+
+
+def _read_numbers(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").split()
+    except OSError:
+        return []
+
+
+def _v2_quota(folder: Path) -> float | None:
+    fields = _read_numbers(folder / "cpu.max")  # "max 100000" or "150000 100000"
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    return _ratio(fields[0], fields[1])
+
+
+def _v1_quota(folder: Path) -> float | None:
+    quota, period = _read_numbers(folder / "cpu.cfs_quota_us"), _read_numbers(folder / "cpu.cfs_period_us")
+    if len(quota) != 1 or len(period) != 1:
+        return None
+    return _ratio(quota[0], period[0])  # quota -1: none
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def choose_threads(requested: int = 0) -> int:
+    """`requested` threads (0: as many as allowed; else OMP_NUM_THREADS when set), never more
+    than the CPUs this process may use."""
+    if requested <= 0 and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        requested = int(os.environ["OMP_NUM_THREADS"])
+    allowed = allowed_cpus()
+    return allowed if requested <= 0 else min(requested, allowed)
+
+
+def prepare_runtime() -> None:
+    """Before torch is imported: idle OpenMP threads sleep rather than spin, unless the user chose.
+    Too late once torch (and with it libgomp) is loaded; then this changes nothing."""
+    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
