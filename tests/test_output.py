@@ -68,12 +68,13 @@ def test_adaptive_bits_equal_the_exact_log_likelihood() -> None:
     model = scrambled_adaptive()
     ids = torch.randint(0, model.config.vocab_size, (3000,))
     streams = EvalStreams.build(ids, EVAL_ROWS, EVAL_BURN_IN)
+    inputs, targets, scored = next(streams.windows(streams.length))  # the whole text at once
     with torch.no_grad():
-        hidden, _ = model.encode(streams.inputs)  # (rows, T, H), the whole text at once
+        hidden, _ = model.encode(inputs)  # (rows, T, H)
         probs = exact_probabilities(model.head, hidden.flatten(0, 1))
     assert torch.allclose(probs.sum(-1), torch.ones(len(probs), dtype=torch.float64))
-    p_target = probs.gather(1, streams.targets.flatten()[:, None])[:, 0]
-    exact_bits = float(-(p_target.log2() * streams.scored.flatten()).sum())
+    p_target = probs.gather(1, targets.flatten()[:, None])[:, 0]
+    exact_bits = float(-(p_target.log2() * scored.flatten()).sum())
     bits = total_bits(model, streams, torch.device("cpu"))
     assert bits == pytest.approx(exact_bits, rel=1e-5)
 
@@ -231,10 +232,12 @@ def test_a_checkpoint_from_before_the_adaptive_softmax_loads_as_full(tiny_checkp
 
 def test_a_grown_vocabulary_keeps_the_known_characters_probabilities_in_the_head(adaptive_checkpoint: Path) -> None:
     from chargen.training.events import Callbacks
-    from chargen.training.run import fine_tune_start
+    from chargen.training.run import adopt_vocabulary, fine_tune_start, fine_tune_vocabulary
 
     old = build_model(load_checkpoint(adaptive_checkpoint), adaptive_checkpoint)
-    model, tokenizer = fine_tune_start(adaptive_checkpoint, CHINESE + "新字", {}, {}, True, Callbacks())
+    base_model, base = fine_tune_start(adaptive_checkpoint, {}, {})
+    tokenizer = fine_tune_vocabulary(base, CHINESE + "新字", grow=True)
+    model = adopt_vocabulary(base_model, base, tokenizer, Callbacks())
     assert tokenizer.vocab_size == old.tokenizer.vocab_size + 2
     assert torch.equal(model.head.rank.sort().values, torch.arange(tokenizer.vocab_size))
     hidden = torch.randn(4, 32)

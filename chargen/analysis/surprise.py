@@ -62,24 +62,23 @@ def read_surprise(model: CharLM, tokenizer: Tokenizer, text: str, ids: torch.Ten
     model.eval()
     device = next(model.parameters()).device
     streams = EvalStreams.build(ids, EVAL_ROWS, EVAL_BURN_IN)
-    nats, top_p, top_i = [], [], []
+    nats, top_p, top_i, scored = [], [], [], []
     state = None
-    for start in range(0, streams.inputs.shape[1], EVAL_WINDOW):
-        x = streams.inputs[:, start : start + EVAL_WINDOW].to(device)
-        y = streams.targets[:, start : start + EVAL_WINDOW].to(device)
-        logits, state = model(x, state)
+    for x, y, mask in streams.windows(EVAL_WINDOW):
+        logits, state = model(x.to(device), state)
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-        nats.append(-log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1).cpu())
+        nats.append(-log_probs.gather(-1, y.to(device).unsqueeze(-1)).squeeze(-1).cpu())
         p, i = log_probs.exp().topk(min(TOP_GUESSES, log_probs.shape[-1]), dim=-1)
         top_p.append(p.cpu())
         top_i.append(i.cpu())
+        scored.append(mask)
     # Row j predicts targets j*segment onwards, so the scored cells in row-major order are the
     # targets in text order.
-    scored = streams.scored
+    scored = torch.cat(scored, 1)
     target_bits = (torch.cat(nats, 1)[scored] / math.log(2)).tolist()
     probs, guess_ids = torch.cat(top_p, 1)[scored].tolist(), torch.cat(top_i, 1)[scored].tolist()
     id_list = ids.tolist()
     pieces = token_pieces(tokenizer, id_list, text)
     guesses = [[]] + [list(zip(i, p)) for i, p in zip(guess_ids, probs)]
-    characters = characters_scored(text, tokenizer.decode(id_list[:1]))
+    characters = characters_scored(tokenizer, ids)
     return Surprise(pieces, [math.nan, *target_bits], guesses, characters)
