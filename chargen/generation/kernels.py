@@ -1,16 +1,18 @@
 """Which one-token step samples fastest here: measured on first use, remembered per machine.
 
-int8 or fp32 is not a property of the code but of the CPU: one stream of a 2×512 LSTM sampled
-10.5k chars/s in int8 on an AMD EPYC without AMX, where int8 wins, but 4.45k on an Intel Xeon
-with AMX. So `auto` times each candidate step for a moment (one stream, where the difference
-shows) and keeps the answer in the user data folder, keyed by the CPU model, the torch version,
-the thread count and the model's shapes. The file is only a memo: safe to delete, and ignored
-(then rewritten) when unreadable.
+The fastest step is not a property of the code but of the CPU: one stream of a 2×512 LSTM
+sampled 10.5k chars/s with torch's int8 matmul on an AMD EPYC without AMX, but 4.45k on an Intel
+Xeon with AMX, where fbgemm's prepacked int8 product is much faster; and the best product for one
+stream is not the best for 64. So `auto` times each usable product (chargen.generation.products)
+for a moment, for one stream and for a batch, and keeps the answer in the user data folder, keyed
+by the CPU model, the torch version, the thread count and the model's shapes. The file is only a
+memo: safe to delete, and ignored (then rewritten) when unreadable.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -19,24 +21,38 @@ from pathlib import Path
 import torch
 
 from chargen.atomic import replacing
-from chargen.generation.inference import int8_available, make_stepper, resolve_precision
+from chargen.generation.inference import make_stepper, resolve_precision, step_precisions
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
 
 CACHE_NAME = "kernels.json"
-_TRIAL_STEPS = 100  # per timing; a 2×512 step takes ~0.1 ms, so a choice costs well under a second
+BATCHES = (1, 64)  # stream counts measured; a run uses the choice for the nearest one
+_TRIAL_STREAMS = {1: 100, 64: 20}  # steps per timing: well under a second for every choice
 _TRIALS = 3  # alternating, best of: other processes share the machine
 
 
 @dataclass(frozen=True)
 class KernelChoice:
-    precision: str
+    precisions: dict[int, str]  # per measured stream count
     how: str  # requested, only choice, measured or cached
-    speeds: dict[str, float] = field(default_factory=dict)  # one-stream steps/s per candidate
+    speeds: dict[int, dict[str, float]] = field(default_factory=dict)  # steps/s per stream count, precision
+
+    def nearest(self, streams: int) -> int:
+        """The measured stream count nearest to `streams` on a log scale."""
+        return min(self.precisions, key=lambda b: abs(math.log(b) - math.log(max(1, streams))))
+
+    def for_batch(self, streams: int) -> str:
+        return self.precisions[self.nearest(streams)]
 
     def describe(self) -> str:
-        measured = ", ".join(f"{p} {s / 1e3:.1f}k steps/s" for p, s in self.speeds.items())
-        return f"{self.precision} ({self.how}{': ' + measured if measured else ''})"
+        if len(set(self.precisions.values())) == 1 and not self.speeds:
+            return f"{next(iter(self.precisions.values()))} ({self.how})"
+        parts = []
+        for batch, precision in self.precisions.items():
+            measured = ", ".join(f"{p} {s / 1e3:.1f}k" for p, s in self.speeds.get(batch, {}).items())
+            shown = f" [{measured}]" if measured else ""
+            parts.append(f"{batch} stream{'s' if batch > 1 else ''}: {precision}{shown}")
+        return f"{'; '.join(parts)} ({self.how}{', steps/s' if self.speeds else ''})"
 
 
 def cpu_model() -> str:
@@ -57,26 +73,22 @@ def cache_key(model: CharLM) -> str:
     )
 
 
-def candidates(model: CharLM, device: torch.device) -> list[str]:
-    return ["int8", "fp32"] if model.config.cell == "lstm" and int8_available(device) else ["fp32"]
-
-
 def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") -> KernelChoice:
-    """The precision of the sampling step: `requested` unless it is auto, else the one that
-    measured fastest on this machine for this model's shapes."""
+    """The precision of the sampling step per stream count: `requested` unless it is auto, else
+    the one that measured fastest on this machine for this model's shapes."""
     if requested != "auto":
-        return KernelChoice(resolve_precision(requested, model, device), "requested")
-    options = candidates(model, device)
+        return KernelChoice(dict.fromkeys(BATCHES, resolve_precision(requested, model, device)), "requested")
+    options = step_precisions(model, device)
     if len(options) == 1:
-        return KernelChoice(options[0], "only choice")
+        return KernelChoice(dict.fromkeys(BATCHES, options[0]), "only choice")
     path = user_data_dir() / CACHE_NAME
     key, entries = cache_key(model), read_cache(path)
-    known = entries.get(key)
-    if isinstance(known, dict) and known.get("precision") in options and isinstance(known.get("speeds"), dict):
-        return KernelChoice(known["precision"], "cached", known["speeds"])
-    speeds = measure(model, device, options)
-    best = max(speeds, key=speeds.__getitem__)
-    entries[key] = {"precision": best, "speeds": speeds}
+    known = _parse(entries.get(key), options)
+    if known is not None:
+        return KernelChoice(known[0], "cached", known[1])
+    speeds = {batch: measure(model, device, options, batch) for batch in BATCHES}
+    best = {batch: max(s, key=s.__getitem__) for batch, s in speeds.items()}
+    entries[key] = {"precisions": {str(b): best[b] for b in BATCHES}, "speeds": {str(b): speeds[b] for b in BATCHES}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path, "w", encoding="utf-8") as f:
@@ -84,6 +96,18 @@ def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") 
     except OSError:
         pass  # a read-only home: measure again next time
     return KernelChoice(best, "measured", speeds)
+
+
+def _parse(entry: object, options: list[str]) -> tuple[dict[int, str], dict[int, dict[str, float]]] | None:
+    """A remembered choice, if it is whole and names precisions that run here; else None."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        precisions = {b: entry["precisions"][str(b)] for b in BATCHES}
+        speeds = {b: {str(p): float(v) for p, v in entry["speeds"][str(b)].items()} for b in BATCHES}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return (precisions, speeds) if all(p in options for p in precisions.values()) else None
 
 
 def read_cache(path: Path) -> dict[str, object]:
@@ -96,17 +120,18 @@ def read_cache(path: Path) -> dict[str, object]:
 
 
 @torch.inference_mode()
-def measure(model: CharLM, device: torch.device, options: list[str]) -> dict[str, float]:
-    """One-stream steps per second of each candidate step (best of alternating trials)."""
-    steppers = {p: make_stepper(model, device, p) for p in options}
+def measure(model: CharLM, device: torch.device, options: list[str], streams: int) -> dict[str, float]:
+    """Steps per second of each candidate step for `streams` streams (best of alternating trials)."""
+    steppers = {p: make_stepper(model, device, p, streams) for p in options}
+    steps = _TRIAL_STREAMS.get(streams, 20)
     best = dict.fromkeys(options, float("inf"))
-    token = torch.zeros(1, dtype=torch.long, device=device)
+    tokens = torch.zeros(streams, dtype=torch.long, device=device)
     for _ in range(_TRIALS + 1):  # the first round warms up
         for precision, stepper in steppers.items():
-            inner = stepper.enter(model.initial_state(1, device))
+            inner = stepper.enter(model.initial_state(streams, device))
             start = time.perf_counter()
-            for _ in range(_TRIAL_STEPS):
-                logits, inner = stepper.step(token, inner)
-                token = logits.argmax(dim=-1)
+            for _ in range(steps):
+                logits, inner = stepper.step(tokens, inner)
+                tokens = logits.argmax(dim=-1)
             best[precision] = min(best[precision], time.perf_counter() - start)
-    return {p: round(_TRIAL_STEPS / seconds, 1) for p, seconds in best.items()}
+    return {p: round(steps / seconds, 1) for p, seconds in best.items()}
