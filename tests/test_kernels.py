@@ -9,12 +9,13 @@ import torch
 
 from chargen.config import ModelConfig
 from chargen.generation.inference import make_stepper, step_precisions
-from chargen.generation.kernels import BATCHES, CACHE_NAME, KernelChoice, cache_key, choose_kernel
+from chargen.generation.kernels import BATCHES, CACHE_NAME, Kernel, KernelChoice, cache_key, choose_kernel
 from chargen.generation.products import KINDS
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
 
 CPU = torch.device("cpu")
+FP32 = {"precision": "fp32", "threads": 1}
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +27,14 @@ def model() -> CharLM:
 def test_the_first_choice_is_measured_and_then_remembered(model: CharLM) -> None:
     first = choose_kernel(model, CPU)
     assert first.how == "measured" and set(first.speeds) == set(BATCHES)
-    assert all(set(speeds) == set(step_precisions(model, CPU)) for speeds in first.speeds.values())
+    labels = {Kernel(p, t).label for p in step_precisions(model, CPU) for t in {1, torch.get_num_threads()}}
+    assert all(set(speeds) == labels for speeds in first.speeds.values())
+    for batch, speeds in first.speeds.items():
+        assert first.kernels[batch].label == max(speeds, key=speeds.__getitem__)
     stored = json.loads((user_data_dir() / CACHE_NAME).read_text(encoding="utf-8"))
-    assert stored[cache_key(model)]["precisions"] == {str(b): p for b, p in first.precisions.items()}
+    assert stored[cache_key(model)]["kernels"]["1"]["precision"] == first.kernels[1].precision
     again = choose_kernel(model, CPU)
-    assert (again.how, again.precisions, again.speeds) == ("cached", first.precisions, first.speeds)
+    assert (again.how, again.kernels, again.speeds) == ("cached", first.kernels, first.speeds)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"k": "v"}'])
@@ -46,11 +50,12 @@ def test_a_corrupt_cache_is_ignored_and_rewritten(model: CharLM, content: bytes)
     "entry",
     [
         {"precision": "int8", "speeds": {"int8": 1.0}},  # the format before choices per stream count
-        {"precisions": {"1": "int8"}, "speeds": {"1": {"int8": 1.0}}},  # a stream count missing
-        {"precisions": {"1": "int4", "64": "int8"}, "speeds": {"1": {}, "64": {}}},  # not a precision here
-        {"precisions": {"1": "fp32", "64": "fp32"}, "speeds": {"1": {"fp32": "fast"}, "64": {}}},
+        {"kernels": {"1": FP32}, "speeds": {"1": {}}},  # a stream count missing
+        {"kernels": {"1": {"precision": "int4", "threads": 1}, "64": FP32}, "speeds": {"1": {}, "64": {}}},
+        {"kernels": {"1": {"precision": "fp32", "threads": 99}, "64": FP32}, "speeds": {"1": {}, "64": {}}},
+        {"kernels": {"1": FP32, "64": FP32}, "speeds": {"1": {"fp32/1t": "fast"}, "64": {}}},
     ],
-    ids=["old format", "incomplete", "unknown precision", "bad speed"],
+    ids=["old format", "incomplete", "unknown precision", "too many threads", "bad speed"],
 )
 def test_a_cached_entry_that_does_not_fit_is_measured_again(model: CharLM, entry: object) -> None:
     path = user_data_dir() / CACHE_NAME
@@ -81,13 +86,15 @@ def usable(precision: str) -> None:
 def test_a_requested_precision_overrides_the_measurement(model: CharLM, precision: str) -> None:
     usable(precision)
     choice = choose_kernel(model, CPU, precision)
-    assert (choice.for_batch(1), choice.for_batch(64), choice.how) == (precision, precision, "requested")
+    assert choice.how == "requested"
+    assert choice.for_batch(1) == choice.for_batch(64) == Kernel(precision, torch.get_num_threads())
     assert not (user_data_dir() / CACHE_NAME).exists()
 
 
 def test_a_batch_runs_with_the_choice_measured_for_the_nearest_stream_count() -> None:
-    choice = KernelChoice({1: "int8-fbgemm", 64: "int8"}, "measured")
-    assert [choice.for_batch(n) for n in (1, 2, 7, 9, 64, 256)] == ["int8-fbgemm"] * 3 + ["int8"] * 3
+    one, many = Kernel("int8-fbgemm", 1), Kernel("int8", 2)
+    choice = KernelChoice({1: one, 64: many}, "measured")
+    assert [choice.for_batch(n) for n in (1, 2, 7, 9, 64, 256)] == [one] * 3 + [many] * 3
 
 
 def test_fp32_steps_give_the_models_tokens(model: CharLM) -> None:

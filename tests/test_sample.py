@@ -249,10 +249,10 @@ def test_auto_precision_is_measured_for_an_lstm_on_the_cpu_and_fp32_otherwise(lo
     sampler = Sampler(loaded.model, loaded.tokenizer)
     kernel = sampler.kernel
     options = step_precisions(loaded.model, torch.device("cpu"))
-    assert kernel.how == "measured" and all(set(speeds) == set(options) for speeds in kernel.speeds.values())
+    assert kernel.how == "measured" and len(kernel.speeds[1]) == len(options)  # conftest pins 1 thread
     for streams, speeds in kernel.speeds.items():
-        assert kernel.for_batch(streams) == max(speeds, key=speeds.__getitem__)
-        assert sampler.stepper_for(streams).precision == kernel.for_batch(streams)
+        assert kernel.for_batch(streams).label == max(speeds, key=speeds.__getitem__)
+        assert sampler.stepper_for(streams).precision == kernel.for_batch(streams).precision
     gru = CharLM(ModelConfig(loaded.tokenizer.vocab_size, cell="gru", layers=1, hidden=8))
     assert Sampler(gru, loaded.tokenizer).stepper.precision == "fp32"
 

@@ -92,7 +92,7 @@ def sample(
         _stream_to_terminal(sampler, streams[0], config, first_index, show_prime, seed is None)
         return
     completions = sampler.completions(streams, config, first_index)
-    precision_used = sampler.kernel.for_batch(len(streams))
+    precision_used = sampler.kernel.for_batch(len(streams)).precision
     settings = {**{k: v for k, v in asdict(config).items() if k != "seed"}, "precision": precision_used}
     records = (
         {

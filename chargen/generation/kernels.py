@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,32 +31,54 @@ from chargen.paths import user_data_dir
 
 CACHE_NAME = "kernels.json"
 BATCHES = (1, 64)  # stream counts measured; a run uses the choice for the nearest one
-_TRIAL_STREAMS = {1: 100, 64: 20}  # steps per timing: well under a second for every choice
-_TRIALS = 3  # alternating, best of: other processes share the machine
+_TRIAL_STEPS = {1: 100, 64: 20}  # steps per timing: well under a second for every choice
+_TRIALS = 2  # alternating, best of: other processes share the machine
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A way to run the step: the precision of its product and the torch threads it runs on
+    (one thread can win for a single stream: no waking of idle threads at every product)."""
+
+    precision: str
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision}/{self.threads}t"
 
 
 @dataclass(frozen=True)
 class KernelChoice:
-    precisions: dict[int, str]  # per measured stream count
+    kernels: dict[int, Kernel]  # per measured stream count
     how: str  # requested, only choice, measured or cached
-    speeds: dict[int, dict[str, float]] = field(default_factory=dict)  # steps/s per stream count, precision
+    speeds: dict[int, dict[str, float]] = field(default_factory=dict)  # steps/s per stream count, kernel label
 
     def nearest(self, streams: int) -> int:
         """The measured stream count nearest to `streams` on a log scale."""
-        return min(self.precisions, key=lambda b: abs(math.log(b) - math.log(max(1, streams))))
+        return min(self.kernels, key=lambda b: abs(math.log(b) - math.log(max(1, streams))))
 
-    def for_batch(self, streams: int) -> str:
-        return self.precisions[self.nearest(streams)]
+    def for_batch(self, streams: int) -> Kernel:
+        return self.kernels[self.nearest(streams)]
 
     def describe(self) -> str:
-        if len(set(self.precisions.values())) == 1 and not self.speeds:
-            return f"{next(iter(self.precisions.values()))} ({self.how})"
         parts = []
-        for batch, precision in self.precisions.items():
-            measured = ", ".join(f"{p} {s / 1e3:.1f}k" for p, s in self.speeds.get(batch, {}).items())
+        for batch, kernel in self.kernels.items():
+            measured = ", ".join(f"{label} {s / 1e3:.1f}k" for label, s in self.speeds.get(batch, {}).items())
             shown = f" [{measured}]" if measured else ""
-            parts.append(f"{batch} stream{'s' if batch > 1 else ''}: {precision}{shown}")
+            parts.append(f"{batch} stream{'s' if batch > 1 else ''}: {kernel.label}{shown}")
         return f"{'; '.join(parts)} ({self.how}{', steps/s' if self.speeds else ''})"
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block on `threads` torch threads, then restore the process's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_model() -> str:
@@ -69,16 +95,20 @@ def cache_key(model: CharLM) -> str:
     c = model.config
     return (
         f"{cpu_model()} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', '-')} | "
         f"{c.cell} {c.layers}x{c.hidden} embed {model.embed.weight.shape[1]} vocab {c.vocab_size}"
     )
 
 
 def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") -> KernelChoice:
-    """The precision of the sampling step per stream count: `requested` unless it is auto, else
-    the one that measured fastest on this machine for this model's shapes."""
+    """The step per stream count: `requested` precision on the process's threads unless it is
+    auto, else the precision and thread count that measured fastest here for this model."""
+    threads = torch.get_num_threads()
     if requested != "auto":
-        return KernelChoice(dict.fromkeys(BATCHES, resolve_precision(requested, model, device)), "requested")
-    options = step_precisions(model, device)
+        return KernelChoice(
+            dict.fromkeys(BATCHES, Kernel(resolve_precision(requested, model, device), threads)), "requested"
+        )
+    options = [Kernel(p, t) for p in step_precisions(model, device) for t in sorted({1, threads})]
     if len(options) == 1:
         return KernelChoice(dict.fromkeys(BATCHES, options[0]), "only choice")
     path = user_data_dir() / CACHE_NAME
@@ -87,8 +117,11 @@ def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") 
     if known is not None:
         return KernelChoice(known[0], "cached", known[1])
     speeds = {batch: measure(model, device, options, batch) for batch in BATCHES}
-    best = {batch: max(s, key=s.__getitem__) for batch, s in speeds.items()}
-    entries[key] = {"precisions": {str(b): best[b] for b in BATCHES}, "speeds": {str(b): speeds[b] for b in BATCHES}}
+    best = {batch: next(k for k in options if k.label == max(s, key=s.__getitem__)) for batch, s in speeds.items()}
+    entries[key] = {
+        "kernels": {str(b): {"precision": best[b].precision, "threads": best[b].threads} for b in BATCHES},
+        "speeds": {str(b): speeds[b] for b in BATCHES},
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path, "w", encoding="utf-8") as f:
@@ -98,16 +131,20 @@ def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") 
     return KernelChoice(best, "measured", speeds)
 
 
-def _parse(entry: object, options: list[str]) -> tuple[dict[int, str], dict[int, dict[str, float]]] | None:
-    """A remembered choice, if it is whole and names precisions that run here; else None."""
+def _parse(entry: object, options: list[Kernel]) -> tuple[dict[int, Kernel], dict[int, dict[str, float]]] | None:
+    """A remembered choice, if it is whole and names kernels that run here; else None."""
     if not isinstance(entry, dict):
         return None
     try:
-        precisions = {b: entry["precisions"][str(b)] for b in BATCHES}
-        speeds = {b: {str(p): float(v) for p, v in entry["speeds"][str(b)].items()} for b in BATCHES}
+        kernels = {b: Kernel(str(k["precision"]), int(k["threads"])) for b, k in _per_batch(entry["kernels"]).items()}
+        speeds = {b: {str(label): float(v) for label, v in s.items()} for b, s in _per_batch(entry["speeds"]).items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    return (precisions, speeds) if all(p in options for p in precisions.values()) else None
+    return (kernels, speeds) if all(k in options for k in kernels.values()) else None
+
+
+def _per_batch(stored: dict[str, Any]) -> dict[int, Any]:
+    return {b: stored[str(b)] for b in BATCHES}
 
 
 def read_cache(path: Path) -> dict[str, object]:
@@ -120,18 +157,20 @@ def read_cache(path: Path) -> dict[str, object]:
 
 
 @torch.inference_mode()
-def measure(model: CharLM, device: torch.device, options: list[str], streams: int) -> dict[str, float]:
-    """Steps per second of each candidate step for `streams` streams (best of alternating trials)."""
-    steppers = {p: make_stepper(model, device, p, streams) for p in options}
-    steps = _TRIAL_STREAMS.get(streams, 20)
-    best = dict.fromkeys(options, float("inf"))
+def measure(model: CharLM, device: torch.device, options: list[Kernel], streams: int) -> dict[str, float]:
+    """Steps per second of each candidate for `streams` streams (best of alternating trials)."""
+    steppers = {p: make_stepper(model, device, p, streams) for p in dict.fromkeys(k.precision for k in options)}
+    steps = _TRIAL_STEPS.get(streams, 20)
+    best = {k.label: float("inf") for k in options}
     tokens = torch.zeros(streams, dtype=torch.long, device=device)
     for _ in range(_TRIALS + 1):  # the first round warms up
-        for precision, stepper in steppers.items():
-            inner = stepper.enter(model.initial_state(streams, device))
-            start = time.perf_counter()
-            for _ in range(steps):
-                logits, inner = stepper.step(tokens, inner)
-                tokens = logits.argmax(dim=-1)
-            best[precision] = min(best[precision], time.perf_counter() - start)
-    return {p: round(steps / seconds, 1) for p, seconds in best.items()}
+        for kernel in options:
+            stepper = steppers[kernel.precision]
+            with torch_threads(kernel.threads):
+                inner = stepper.enter(model.initial_state(streams, device))
+                start = time.perf_counter()
+                for _ in range(steps):
+                    logits, inner = stepper.step(tokens, inner)
+                    tokens = logits.argmax(dim=-1)
+                best[kernel.label] = min(best[kernel.label], time.perf_counter() - start)
+    return {label: round(steps / seconds, 1) for label, seconds in best.items()}

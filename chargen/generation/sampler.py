@@ -23,7 +23,7 @@ from chargen.config import SampleConfig
 from chargen.data.tokenizers import Tokenizer
 from chargen.generation.draw import StreamRandom, choose, fresh_seed
 from chargen.generation.inference import Stepper, make_stepper
-from chargen.generation.kernels import choose_kernel
+from chargen.generation.kernels import choose_kernel, torch_threads
 from chargen.generation.text_output import TextOutput
 from chargen.model import CharLM, State
 
@@ -64,6 +64,7 @@ class _Run:
         size = context.batch_size
         self.rows = torch.arange(size, device=sampler.device)  # context rows still running
         self.stepper = sampler.stepper_for(size)
+        self.threads = sampler.kernel.for_batch(size).threads
         self.inner = self.stepper.enter(context.state)
         self.logits = context.logits
         seed = config.seed if config.seed is not None else fresh_seed()
@@ -81,11 +82,12 @@ class _Run:
         stepper, config = self.stepper, self.config
         logits, inner = self.logits, self.inner
         tokens, probs = [], None
-        for _ in range(steps):
-            uniforms = self.random.next() if self.random is not None else None
-            token, probs = choose(logits, config, uniforms, with_probs)
-            tokens.append(token)
-            logits, inner = stepper.step(token, inner)
+        with torch_threads(self.threads):
+            for _ in range(steps):
+                uniforms = self.random.next() if self.random is not None else None
+                token, probs = choose(logits, config, uniforms, with_probs)
+                tokens.append(token)
+                logits, inner = stepper.step(token, inner)
         self.logits, self.inner = logits, inner
         token_bytes = self.sampler.tokenizer.token_bytes
         texts = []
@@ -146,9 +148,10 @@ class Sampler:
     def stepper_for(self, streams: int) -> Stepper:
         """The step for a batch of `streams` streams, built on first use."""
         batch = self.kernel.nearest(streams)
-        key = f"{self.kernel.precisions[batch]} {batch}"
+        precision = self.kernel.kernels[batch].precision
+        key = f"{precision} {batch}"
         if key not in self._steppers:
-            self._steppers[key] = make_stepper(self.model, self.device, self.kernel.precisions[batch], batch)
+            self._steppers[key] = make_stepper(self.model, self.device, precision, batch)
         return self._steppers[key]
 
     @property
