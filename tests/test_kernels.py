@@ -140,3 +140,11 @@ def test_a_stream_gets_the_same_distribution_alone_or_in_a_batch(model: CharLM, 
             one, inner_alone = alone.step(tokens[:1, t], inner_alone)
             many, inner_batch = batch.step(tokens[:, t], inner_batch)
             torch.testing.assert_close(one[0], many[0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_description_names_each_candidate_without_markup_brackets(model: CharLM) -> None:
+    """rich (chargen info, the REPL) would swallow [..] as markup."""
+    choice = choose_kernel(model, CPU)
+    text = choice.describe()
+    assert all(label in text for speeds in choice.speeds.values() for label in speeds)
+    assert "[" not in text and "measured" in text
