@@ -6,8 +6,9 @@ and encoding throughput, peak RSS and peak anonymous memory, seconds per evaluat
 
 The corpus is synthetic: the shared corpora (tinyshakespeare, songci) repeated to the size, written
 under --workdir and deleted afterwards. Each run is a subprocess (`prepare` then one step of the
-default 2x512 model on one thread) with a fresh or a warm $CHARGEN_HOME; the first run builds the
-token cache, the second reuses it. The reference for memory is the corpus's own size.
+default 2x512 model, on as many threads as `chargen train` would use unless --threads says) with a
+fresh or a warm $CHARGEN_HOME; the first run builds the token cache, the second reuses it. The
+reference for memory is the corpus's own size.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from chargen.threads import WAIT_POLICY, choose_threads
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
@@ -51,11 +54,11 @@ def _status(field: str) -> int:
     return 0
 
 
-def child(corpus: Path) -> None:
+def child(corpus: Path, threads: int) -> None:
     """One run, in this process: figures as one JSON line."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from chargen.training.events import Callbacks, EvalEvent, StepEvent
     from chargen.training.run import TrainRequest, prepare
 
@@ -82,7 +85,7 @@ def child(corpus: Path) -> None:
     request = TrainRequest(
         corpus=corpus,
         out=corpus.parent / "model.pt",
-        train={"max_steps": 1, "max_time": 0, "eval_every": 1, "sample_chars": 0, "threads": 1},
+        train={"max_steps": 1, "max_time": 0, "eval_every": 1, "sample_chars": 0, "threads": threads},
     )
     trainer = prepare(request, Timing())
     figures["prepare_s"] = time.perf_counter() - started
@@ -93,11 +96,10 @@ def child(corpus: Path) -> None:
     print(json.dumps(figures))
 
 
-def run_one(corpus: Path, home: Path) -> dict[str, float]:
-    env = {**os.environ, "CHARGEN_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", str(corpus)], env=env, capture_output=True, text=True, check=True
-    )
+def run_one(corpus: Path, home: Path, threads: int) -> dict[str, float]:
+    env = {**os.environ, "CHARGEN_HOME": str(home), "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": WAIT_POLICY}
+    command = [sys.executable, __file__, "--child", str(corpus), "--threads", str(threads)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -105,19 +107,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100], help="corpus sizes in MB")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as many as chargen train uses)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    threads = choose_threads(args.threads)
     if args.child is not None:
-        child(args.child)
+        child(args.child, threads)
         return
-    print(f"CPU: {cpu_model()}; torch threads: 1; model: chargen defaults (2x512 LSTM)")
+    print(f"CPU: {cpu_model()}; torch threads: {threads}; model: chargen defaults (2x512 LSTM)")
     for size in args.sizes:
         folder = Path(tempfile.mkdtemp(prefix="chargen-scale-", dir=args.workdir))
         try:
             corpus = folder / "big.txt"
             make_corpus(corpus, size)
-            cold = run_one(corpus, folder / "home")
-            warm = run_one(corpus, folder / "home")
+            cold = run_one(corpus, folder / "home", threads)
+            warm = run_one(corpus, folder / "home", threads)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         mb = size
