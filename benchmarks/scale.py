@@ -59,7 +59,7 @@ def child(corpus: Path, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from chargen.training.events import Callbacks, EvalEvent, StepEvent
+    from chargen.training.events import Callbacks, EvalEvent, StepEvent, WorkEvent
     from chargen.training.run import TrainRequest, prepare
 
     peak_anon = 0
@@ -74,8 +74,14 @@ def child(corpus: Path, threads: int) -> None:
     threading.Thread(target=sample, daemon=True).start()
     figures: dict[str, float] = {}
     started = time.perf_counter()
+    passes: dict[str, tuple[float, int, float, int]] = {}  # task -> time and bytes at its first and last report
 
     class Timing(Callbacks):
+        def on_work(self, event: WorkEvent) -> None:
+            now = time.perf_counter()
+            first, first_done = passes.get(event.task, (now, event.done, now, event.done))[:2]
+            passes[event.task] = (first, first_done, now, event.done)
+
         def on_step(self, event: StepEvent) -> None:
             figures.setdefault("first_step_s", time.perf_counter() - started)
 
@@ -89,11 +95,18 @@ def child(corpus: Path, threads: int) -> None:
     )
     trainer = prepare(request, Timing())
     figures["prepare_s"] = time.perf_counter() - started
+    for task, (first, first_done, last, last_done) in passes.items():
+        figures[f"{task}_mb_s"] = (last_done - first_done) / 1e6 / max(last - first, 1e-9)
     trainer.run()
     done.set()
     figures["peak_rss_mb"] = _status("VmHWM") / 1e6
     figures["peak_anon_mb"] = max(peak_anon, _status("RssAnon")) / 1e6
     print(json.dumps(figures))
+
+
+def _rate(figures: dict[str, float], task: str) -> str:
+    """MB/s of one pass over the corpus, between its first progress report and its last."""
+    return f"{figures[f'{task}_mb_s']:.0f} MB/s" if f"{task}_mb_s" in figures else "-"
 
 
 def run_one(corpus: Path, home: Path, threads: int) -> dict[str, float]:
@@ -127,10 +140,11 @@ def main() -> None:
         mb = size
         print(
             f"{mb:>6} MB  first step: cold {cold['first_step_s']:.1f}s, cached {warm['first_step_s']:.1f}s  "
-            f"read+scan+encode {mb / cold['prepare_s']:.0f} MB/s (whole cold prepare)  "
+            f"reading {_rate(cold, 'reading')}, encoding {_rate(cold, 'encoding')}, "
+            f"whole cold prepare {mb / cold['prepare_s']:.0f} MB/s  "
             f"peak RSS cold {cold['peak_rss_mb']:.0f} / cached {warm['peak_rss_mb']:.0f} MB  "
             f"peak anonymous cold {cold['peak_anon_mb']:.0f} / cached {warm['peak_anon_mb']:.0f} MB "
-            f"(corpus {mb} MB)  evaluation {warm['eval_s']:.1f}s"
+            f"(corpus {mb} MB)  evaluation cold {cold['eval_s']:.1f}s / cached {warm['eval_s']:.1f}s"
         )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from chargen.data.batches import EvalStreams
+from chargen.data.tokenized import token_counts
 from chargen.data.tokenizers import Tokenizer, token_chars
 from chargen.device import autocast
 from chargen.model import CharLM
@@ -18,19 +18,13 @@ EVAL_MAX_ROWS = 64  # ...and for a long one, at most
 EVAL_BURN_IN = 256
 EVAL_SEGMENT = 16 * EVAL_BURN_IN  # tokens per row at least, beyond EVAL_ROWS rows
 EVAL_WINDOW = 512
-_COUNT_BLOCK = 1 << 20
 
 
 def characters_scored(tokenizer: Tokenizer, ids: torch.Tensor) -> int:
     """Characters the targets (every token after the first) stand for: bits are divided by this,
-    so char and subword models on the same text report comparable numbers. Counted in blocks, as
-    the ids may be a memory map of any size."""
+    so char and subword models on the same text report comparable numbers."""
     per_token = token_chars(tokenizer)
-    total = 0
-    for start in range(1, len(ids), _COUNT_BLOCK):
-        block = ids[start : start + _COUNT_BLOCK].numpy()  # 1-4 MB of the map; 8 MB as counted
-        total += int(np.bincount(block.astype(np.int64), minlength=len(per_token)) @ per_token)
-    return max(1, total)
+    return max(1, int(token_counts(ids[1:], len(per_token)) @ per_token))
 
 
 def eval_streams(ids: torch.Tensor) -> EvalStreams:
