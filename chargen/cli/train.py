@@ -58,6 +58,9 @@ def train(
     replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes instead of failing.")] = False,
     keep_crlf: Annotated[bool, typer.Option(help="Keep CRLF / CR line endings as they are.")] = False,
     allow_binary: Annotated[bool, typer.Option(help="Read files that look binary.")] = False,
+    dist_timeout: Annotated[
+        str | None, typer.Option(help="Under torchrun: how long a rank waits for its peers before failing [5m].")
+    ] = None,
     quiet: common.Quiet = False,
 ) -> None:
     """Train a model on CORPUS and save it (best to --out, last beside it as *.last.pt)."""
@@ -103,10 +106,23 @@ def train(
         init_from=init_from,
         grow_vocab=grow_vocab,
     )
-    run_training(request, quiet)
+    run_training(request, quiet, group_timeout(dist_timeout))
 
 
-def run_training(request: Any, quiet: bool) -> None:
+def group_timeout(text: str | None) -> float | None:
+    """--dist-timeout in seconds (None: the default of chargen.training.distributed)."""
+    from chargen.config import parse_duration
+    from chargen.errors import ConfigError
+
+    if text is None:
+        return None
+    seconds = parse_duration(text)
+    if not seconds > 0:
+        raise ConfigError(f"--dist-timeout must be more than 0 (like 90s or 5m), not {text!r}")
+    return seconds
+
+
+def run_training(request: Any, quiet: bool, timeout: float | None = None) -> None:
     """Under torchrun every rank runs this; rank 0 alone speaks."""
     from chargen.cli.progress import TrainingDisplay
     from chargen.training.distributed import World, process_group
@@ -114,7 +130,8 @@ def run_training(request: Any, quiet: bool) -> None:
 
     world = World.from_env()
     quiet = quiet or not world.is_main
-    with process_group(world, request.train.get("device") or "auto"), TrainingDisplay(quiet=quiet) as display:
+    device = request.train.get("device") or "auto"
+    with process_group(world, device, timeout), TrainingDisplay(quiet=quiet) as display:
         trainer = prepare(request, display)
         if not quiet:
             _describe_run(trainer, display)

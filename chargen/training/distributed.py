@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from chargen.errors import ChargenError, ConfigError
+from chargen.training.failures import Failures, first_line
 
-DEFAULT_TIMEOUT = 300.0  # seconds a rank waits for its peers before failing
+DEFAULT_TIMEOUT = 300.0  # seconds a rank waits for its peers before failing (--dist-timeout)
 
 
 @dataclass(frozen=True)
@@ -102,14 +105,10 @@ class World:
         return tuple(joined)
 
 
-class PeerFailed(ChargenError):
-    pass
-
-
 @contextmanager
-def process_group(world: World, device: str, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
-    """Join the group for the duration of a run (gloo on the CPU, NCCL on CUDA). A peer that
-    dies or stops answering ends this rank too, with one line instead of a traceback."""
+def process_group(world: World, device: str, timeout: float | None = None) -> Iterator[None]:
+    """Join the group for the duration of a run (gloo on the CPU, NCCL on CUDA). A rank that fails
+    ends every rank, with one line from one of them (chargen.training.failures)."""
     if world.size == 1:
         yield
         return
@@ -118,11 +117,30 @@ def process_group(world: World, device: str, timeout: float = DEFAULT_TIMEOUT) -
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
+    timeout = timeout or DEFAULT_TIMEOUT
+    wait = datetime.timedelta(seconds=timeout)
+    try:
+        store, _, _ = next(dist.rendezvous("env://", timeout=wait))
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", store=store, rank=world.rank, world_size=world.size, timeout=wait
+        )
+    except (dist.DistError, RuntimeError, ValueError) as err:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise ChargenError(
+            f"rank {world.rank} could not join its group of {world.size} at {where} within {timeout:g}s "
+            f"({first_line(err)}); check the rendezvous endpoint, or raise --dist-timeout"
+        ) from None
+    failures = Failures(store, world.rank, world.size)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, failures.terminated) if main else None
     try:
         yield
-    except dist.DistError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PeerFailed(f"rank {world.rank} lost its peers ({reason}); the run stopped") from None
+    except BaseException as err:  # settle decides; a bug keeps its traceback
+        settled = failures.settle(err)
+        if settled is err:
+            raise
+        raise settled from None
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
