@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.ranks import TINY, error_lines, free_port, rank_pid, start, torchrun, wait_for, write_corpus
+from tests.ranks import TINY, chargen, error_lines, free_port, rank_pid, run, start, torchrun, wait_for, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,29 @@ def test_a_killed_rank_without_restarts_ends_every_process_with_one_line(corpus:
     errors = error_lines(log.read_text())
     assert len(errors) == 1 and errors[0].startswith("Error: rank 0 lost its peers"), errors
     assert "--resume" in errors[0]
+
+
+def test_a_rank_that_stops_answering_fails_the_group_after_dist_timeout(corpus: Path, tmp_path: Path) -> None:
+    out, log = tmp_path / "m.pt", tmp_path / "log.txt"
+    args = f"{corpus} {TINY} --batch-size 8 --eval-every 5 --max-steps 100000 --dist-timeout 3s --out {out}"
+    launcher = start(torchrun(args), log)
+    wait_for(out.with_name("m.last.pt"), launcher)
+    frozen = rank_pid(launcher, 1)
+    os.kill(frozen, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        while not error_lines(log.read_text()):  # rank 0 gives up on its own, after the timeout
+            assert time.monotonic() - started < 30, "rank 0 still waits for the frozen rank"
+            time.sleep(0.1)
+    finally:
+        os.kill(frozen, signal.SIGCONT)  # lets it take the launcher's SIGTERM
+    assert time.monotonic() - started >= 3
+    assert launcher.wait(timeout=30) != 0
+    errors = error_lines(log.read_text())
+    assert len(errors) == 1 and errors[0].startswith("Error: rank 0 lost its peers"), errors
+
+
+def test_dist_timeout_must_be_a_positive_duration(corpus: Path, tmp_path: Path) -> None:
+    result = run(chargen(f"{corpus} {TINY} --max-steps 1 --dist-timeout 0 --out {tmp_path / 'm.pt'}"))
+    assert result.returncode != 0
+    assert error_lines(result.stderr) == ["Error: --dist-timeout must be more than 0 (like 90s or 5m), not '0'"]
