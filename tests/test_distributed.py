@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.ranks import TINY, chargen, error_lines, load, run, start, torchrun, wait_for, write_corpus
+from tests.ranks import TINY, chargen, error_lines, free_port, load, run, start, torchrun, wait_for, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,25 @@ def test_ctrl_c_to_the_launcher_saves_one_checkpoint_that_resumes_under_torchrun
     resumed = run(torchrun(f"{args} --resume --max-steps {step + 3}"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"done: step {step + 3}" in resumed.stdout
+
+
+def test_two_nodes_on_one_machine_train_and_write_one_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """Two torchrun launchers meeting at a c10d rendezvous, one rank each, as two machines would."""
+    out, port = tmp_path / "m.pt", free_port()
+    args = f"{corpus} {TINY} --batch-size 8 --max-steps 6 --eval-every 3 --out {out}"
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    launchers = [
+        start(torchrun(args, "--nnodes=2", f"--node-rank={node}", procs=1, port=port), log)
+        for node, log in enumerate(logs)
+    ]
+    assert [launcher.wait(timeout=90) for launcher in launchers] == [0, 0], logs[0].read_text()
+    said = logs[0].read_text() + logs[1].read_text()
+    assert said.count("done: step 6") == 1  # one voice for both nodes
+    assert sorted(p.name for p in tmp_path.glob("m*")) == ["m.last.pt", "m.metrics.jsonl", "m.pt"]  # no temp files
+    assert len((tmp_path / "m.metrics.jsonl").read_text().splitlines()) == 2  # evaluations at steps 3 and 6, once
+    one = run(chargen(f"{corpus} {TINY} --batch-size 8 --max-steps 6 --eval-every 3 --out {tmp_path / 'one.pt'}"))
+    assert one.returncode == 0, one.stderr
+    nodes, single = load(tmp_path / "m.last.pt"), load(tmp_path / "one.last.pt")
+    assert nodes["metrics"]["step"] == 6
+    for name, weight in single["model"].items():
+        torch.testing.assert_close(nodes["model"][name], weight, rtol=0, atol=1e-5)
