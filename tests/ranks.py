@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 TINY = "--layers 1 --hidden 32 --embed 16 --dropout 0 --seq-len 32 --seed 3 --threads 1 --precision fp32"
@@ -78,8 +81,26 @@ def run(cmd: list[str], timeout: float = 120, cwd: Path | None = None) -> subpro
     return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout, cwd=cwd)
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
 def start(cmd: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env(), cwd=cwd)
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env(), cwd=cwd)
+    _started.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def reap_launchers() -> Iterator[None]:
+    """A failed test must not leave a launcher and its ranks running (and waiting on each other)."""
+    yield
+    while _started:
+        launcher = _started.pop()
+        if launcher.poll() is None:
+            for pid in rank_pids(launcher):
+                os.kill(pid, signal.SIGKILL)
+            launcher.kill()
+            launcher.wait()
 
 
 def load(path: Path) -> dict:

@@ -9,7 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.ranks import TINY, chargen, error_lines, free_port, load, run, start, torchrun, wait_for, write_corpus
+from tests.ranks import (
+    TINY,
+    chargen,
+    error_lines,
+    free_port,
+    load,
+    reap_launchers,  # noqa: F401 (autouse: no launcher outlives its test)
+    run,
+    start,
+    torchrun,
+    wait_for,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.ranks import TINY, chargen, error_lines, free_port, rank_pid, run, start, torchrun, wait_for, write_corpus
+from tests.ranks import (
+    TINY,
+    chargen,
+    error_lines,
+    free_port,
+    load,
+    rank_pid,
+    reap_launchers,  # noqa: F401 (autouse: no launcher outlives its test)
+    run,
+    start,
+    torchrun,
+    wait_for,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +95,22 @@ def test_dist_timeout_must_be_a_positive_duration(corpus: Path, tmp_path: Path) 
     result = run(chargen(f"{corpus} {TINY} --max-steps 1 --dist-timeout 0 --out {tmp_path / 'm.pt'}"))
     assert result.returncode != 0
     assert error_lines(result.stderr) == ["Error: --dist-timeout must be more than 0 (like 90s or 5m), not '0'"]
+
+
+def test_a_killed_rank_with_a_restart_left_resumes_from_its_checkpoint_and_finishes(
+    corpus: Path, tmp_path: Path
+) -> None:
+    out, log = tmp_path / "m.pt", tmp_path / "log.txt"
+    args = f"{corpus} {TINY} --batch-size 8 --eval-every 10 --max-steps 150 --out {out}"
+    launcher = start(torchrun(args, "--max-restarts=1"), log)
+    wait_for(out.with_name("m.last.pt"), launcher)  # a checkpoint to come back to, long before step 150
+    victim = rank_pid(launcher, 1)
+    os.kill(victim, signal.SIGSTOP)  # the group cannot pass its next step now; then the kill
+    os.kill(victim, signal.SIGKILL)
+    assert launcher.wait(timeout=60) == 0, log.read_text()
+    said = log.read_text()
+    resumed_at = int(said.split("resuming at step ")[1].split()[0])  # the restarted group said so
+    assert 10 <= resumed_at < 150 and resumed_at % 10 == 0
+    assert said.count("done: step 150") == 1
+    final = load(out.with_name("m.last.pt"))
+    assert final["metrics"]["step"] == final["resume"]["step"] == 150

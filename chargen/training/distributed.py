@@ -57,9 +57,14 @@ class World:
         return self.rank == 0
 
     @property
+    def attempt(self) -> int:
+        """torchrun counts restarts of the group (0 for the first attempt)."""
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+    @property
     def restarted(self) -> bool:
-        """torchrun counts restarts of the group; a restarted run continues from its checkpoint."""
-        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        """A restarted run continues from its checkpoint."""
+        return self.attempt > 0
 
     def device(self, requested: torch.device) -> torch.device:
         """One GPU per local rank."""
@@ -120,7 +125,10 @@ def process_group(world: World, device: str, timeout: float | None = None) -> It
     timeout = timeout or DEFAULT_TIMEOUT
     wait = datetime.timedelta(seconds=timeout)
     try:
-        store, _, _ = next(dist.rendezvous("env://", timeout=wait))
+        # torchrun's store outlives a failed attempt: without a fresh namespace, a restarted group
+        # would read the dead ranks' addresses and wait on them until the timeout.
+        shared, _, _ = next(dist.rendezvous("env://", timeout=wait))
+        store = dist.PrefixStore(f"chargen/attempt-{world.attempt}/", shared)
         dist.init_process_group(
             "nccl" if cuda else "gloo", store=store, rank=world.rank, world_size=world.size, timeout=wait
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import signal
 from typing import Any
 
@@ -41,6 +42,12 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def network_reason(err: BaseException) -> str:
+    """gloo's message without its source location and advice: "Connection closed by peer [ip]:port"."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(err))
+    return text.split(". ")[0].rstrip(".")
+
+
 def lost_peers(err: BaseException) -> bool:
     """A collective that failed because a peer did. gloo raises a bare RuntimeError from some calls
     (DDP's first broadcast: "gloo/transport/tcp/pair.cc: Connection closed by peer")."""
@@ -56,13 +63,12 @@ def restarts_left() -> int:
 
 
 class Failures:
-    """One rank's side of the agreement; keys are per attempt, as a restarted group starts afresh."""
+    """One rank's side of the agreement, kept in the store of this attempt of the group."""
 
     def __init__(self, store: Any, rank: int, size: int) -> None:
         self.store = store
         self.rank = rank
         self.size = size
-        self.prefix = f"chargen/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
 
     def terminated(self, signum: int, frame: object) -> None:
         """SIGTERM from the launcher: a peer failed and torchrun is stopping the group."""
@@ -92,7 +98,7 @@ class Failures:
         cause = self._peer_message()
         if cause is None:
             cause = (
-                f"rank {self.rank} lost its peers ({first_line(err)}): another rank stopped without a word "
+                f"rank {self.rank} lost its peers ({network_reason(err)}): another rank stopped without a word "
                 "(killed, out of memory, or its machine went down)"
             )
             if not left:
@@ -103,13 +109,13 @@ class Failures:
 
     def _leave_message(self, message: str) -> None:
         with contextlib.suppress(Exception):  # the store's host is gone: no one to tell
-            self.store.set(f"{self.prefix}error/{self.rank}", message)
+            self.store.set(f"error/{self.rank}", message)
 
     def _peer_message(self) -> str | None:
         try:
             self.store.set_timeout(STORE_WAIT)
             for rank in range(self.size):
-                key = f"{self.prefix}error/{rank}"
+                key = f"error/{rank}"
                 if rank != self.rank and self.store.check([key]):
                     return f"rank {rank}: {self.store.get(key).decode('utf-8')}"
         except Exception:
@@ -120,6 +126,6 @@ class Failures:
         """True for the first rank to ask; without a store, rank 0."""
         try:
             self.store.set_timeout(STORE_WAIT)
-            return self.store.add(f"{self.prefix}voice", 1) == 1
+            return self.store.add("voice", 1) == 1
         except Exception:
             return self.rank == 0
