@@ -85,7 +85,10 @@ _started: list[subprocess.Popen[str]] = []
 
 
 def start(cmd: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env(), cwd=cwd)
+    """In a session of its own, as a terminal's job: os.killpg sends it Ctrl-C as a terminal would."""
+    proc = subprocess.Popen(
+        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env(), cwd=cwd, start_new_session=True
+    )
     _started.append(proc)
     return proc
 

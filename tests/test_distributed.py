@@ -3,6 +3,7 @@ one thread per rank. Faults (failed and killed ranks, restarts) are in test_dist
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.ranks import (
     error_lines,
     free_port,
     load,
+    rank_pids,
     reap_launchers,  # noqa: F401 (autouse: no launcher outlives its test)
     run,
     start,
@@ -91,3 +93,26 @@ def test_two_nodes_on_one_machine_train_and_write_one_checkpoint(corpus: Path, t
     assert nodes["metrics"]["step"] == 6
     for name, weight in single["model"].items():
         torch.testing.assert_close(nodes["model"][name], weight, rtol=0, atol=1e-5)
+
+
+def test_procs_launches_ranks_itself_and_ctrl_c_stops_them_with_one_line(corpus: Path, tmp_path: Path) -> None:
+    out, log = tmp_path / "m.pt", tmp_path / "log.txt"
+    ranks = start(
+        chargen(f"{corpus} {TINY} --batch-size 8 --eval-every 5 --max-steps 100000 --out {out} --procs 2"), log
+    )
+    wait_for(out.with_name("m.last.pt"), ranks)
+    assert len(rank_pids(ranks)) == 2  # the launcher's own ranks
+    os.killpg(ranks.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the launcher and both ranks
+    assert ranks.wait(timeout=60) == 130
+    said = log.read_text()
+    errors = error_lines(said)
+    assert len(errors) == 1 and "interrupted at step" in errors[0], said
+    assert "Traceback" not in said and "ChildFailedError" not in said
+    step = int(errors[0].split("interrupted at step ")[1].split(";")[0])
+    assert load(out.with_name("m.last.pt"))["metrics"]["step"] == step
+
+
+def test_procs_must_be_positive(corpus: Path, tmp_path: Path) -> None:
+    result = run(chargen(f"{corpus} {TINY} --max-steps 1 --procs 0 --out {tmp_path / 'm.pt'}"))
+    assert result.returncode != 0
+    assert error_lines(result.stderr) == ["Error: --procs must be 1 or more, not 0"]

@@ -3,6 +3,7 @@ with progress on screen."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,12 +59,19 @@ def train(
     replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes instead of failing.")] = False,
     keep_crlf: Annotated[bool, typer.Option(help="Keep CRLF / CR line endings as they are.")] = False,
     allow_binary: Annotated[bool, typer.Option(help="Read files that look binary.")] = False,
+    procs: Annotated[
+        int | None, typer.Option(help="Train as this many ranks on this machine (torchrun's launcher, gloo).")
+    ] = None,
     dist_timeout: Annotated[
         str | None, typer.Option(help="Under torchrun: how long a rank waits for its peers before failing [5m].")
     ] = None,
     quiet: common.Quiet = False,
 ) -> None:
     """Train a model on CORPUS and save it (best to --out, last beside it as *.last.pt)."""
+    if procs is not None:
+        from chargen.cli.launch import launch_ranks, without_procs
+
+        raise typer.Exit(launch_ranks(procs, without_procs(sys.argv[1:])))
     pin_threads(threads)
     from chargen.data.corpus import ReadOptions
     from chargen.training.run import TrainRequest
