@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
 
@@ -59,5 +60,5 @@ def launch_ranks(procs: int, argv: list[str]) -> int:
         _, failure = err.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as err:  # Ctrl-C reached the launcher too; the ranks saved and said so
-        return 130 if err.sigval == 2 else 1
+        return 130 if err.sigval == signal.SIGINT else 1
     return 0
