@@ -1,95 +1,43 @@
 """Real ranks: torchrun (python -m torch.distributed.run) with gloo on 127.0.0.1, tiny models,
-one thread per rank."""
+one thread per rank. Faults (failed and killed ranks, restarts) are in test_distributed_faults."""
 
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-TINY = "--layers 1 --hidden 32 --embed 16 --dropout 0 --seq-len 32 --seed 3 --threads 1 --precision fp32"
+from tests.ranks import (
+    TINY,
+    chargen,
+    error_lines,
+    free_port,
+    load,
+    rank_pids,
+    reap_launchers,  # noqa: F401 (autouse: no launcher outlives its test)
+    run,
+    start,
+    torchrun,
+    wait_for,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = random.Random(1)
-    words = [
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "a",
-        "lazy",
-        "dog",
-        "and",
-        "then",
-        "some",
-        "more",
-        "words",
-        "appear",
-        "here",
-    ]
-    path = tmp_path_factory.mktemp("corpus") / "words.txt"
-    path.write_text(" ".join(rng.choice(words) for _ in range(6000)), encoding="utf-8")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
-
-
-def _torchrun(args: str, *launcher: str, procs: int = 2, port: int | None = None) -> list[str]:
-    endpoint = f"127.0.0.1:{port or _free_port()}"
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={procs}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}",
-        *launcher,
-        "-m",
-        "chargen",
-        "train",
-        *args.split(),
-    ]
-
-
-def _chargen(args: str) -> list[str]:
-    return [sys.executable, "-m", "chargen", "train", *args.split()]
-
-
-def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, weights_only=True)
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "words.txt")
 
 
 def test_two_ranks_train_the_weights_of_one_process_with_the_same_global_batch(corpus: Path, tmp_path: Path) -> None:
     args = f"{corpus} {TINY} --batch-size 8 --max-steps 6 --eval-every 3"
-    ranks = _run(_torchrun(f"{args} --out {tmp_path / 'ranks.pt'}"))
+    ranks = run(torchrun(f"{args} --out {tmp_path / 'ranks.pt'}"))
     assert ranks.returncode == 0, ranks.stderr
-    one = _run(_chargen(f"{args} --out {tmp_path / 'one.pt'} --quiet"))
+    one = run(chargen(f"{args} --out {tmp_path / 'one.pt'} --quiet"))
     assert one.returncode == 0, one.stderr
-    a, b = _load(tmp_path / "ranks.last.pt"), _load(tmp_path / "one.last.pt")
+    a, b = load(tmp_path / "ranks.last.pt"), load(tmp_path / "one.last.pt")
     assert a["metrics"]["step"] == b["metrics"]["step"] == 6
     for name, weight in b["model"].items():
         torch.testing.assert_close(a["model"][name], weight, rtol=0, atol=1e-5)
@@ -102,22 +50,9 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_same_global_batch(c
 
 
 def test_batch_that_does_not_divide_among_ranks_is_one_error_line(corpus: Path, tmp_path: Path) -> None:
-    run = _run(_torchrun(f"{corpus} {TINY} --batch-size 7 --max-steps 2 --out {tmp_path / 'm.pt'}"))
-    assert run.returncode != 0
-    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == ["Error: --batch-size 7 does not divide among 2 ranks; use a multiple of 2"]
-
-
-def _start(cmd: list[str], log: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=_env())
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, "the run ended before writing a checkpoint"
-        assert time.monotonic() < deadline, f"no {path} after {timeout}s"
-        time.sleep(0.2)
+    ranks = run(torchrun(f"{corpus} {TINY} --batch-size 7 --max-steps 2 --out {tmp_path / 'm.pt'}"))
+    assert ranks.returncode != 0
+    assert error_lines(ranks.stderr) == ["Error: --batch-size 7 does not divide among 2 ranks; use a multiple of 2"]
 
 
 def test_ctrl_c_to_the_launcher_saves_one_checkpoint_that_resumes_under_torchrun_at_its_step(
@@ -125,28 +60,59 @@ def test_ctrl_c_to_the_launcher_saves_one_checkpoint_that_resumes_under_torchrun
 ) -> None:
     out, log = tmp_path / "m.pt", tmp_path / "log.txt"
     args = f"{corpus} {TINY} --batch-size 8 --eval-every 5 --out {out}"
-    launcher = _start(_torchrun(f"{args} --max-steps 100000"), log)
-    _wait_for(out.with_name("m.last.pt"), launcher)
+    launcher = start(torchrun(f"{args} --max-steps 100000"), log)
+    wait_for(out.with_name("m.last.pt"), launcher)
     launcher.send_signal(signal.SIGINT)
     launcher.wait(timeout=60)
-    errors = [line for line in log.read_text().splitlines() if line.startswith("Error:")]
+    errors = error_lines(log.read_text())
     assert len(errors) == 1 and "interrupted at step" in errors[0] and "--resume" in errors[0], errors
     step = int(errors[0].split("interrupted at step ")[1].split(";")[0])
-    assert _load(out.with_name("m.last.pt"))["metrics"]["step"] == step
-    resumed = _run(_torchrun(f"{args} --resume --max-steps {step + 3}"))
+    assert load(out.with_name("m.last.pt"))["metrics"]["step"] == step
+    resumed = run(torchrun(f"{args} --resume --max-steps {step + 3}"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"done: step {step + 3}" in resumed.stdout
 
 
-def _kill_one_rank(out: Path) -> None:
-    ranks = subprocess.run(["pgrep", "-f", f"chargen train .*{out}"], capture_output=True, text=True)
-    os.kill(int(ranks.stdout.split()[-1]), signal.SIGKILL)
+def test_two_nodes_on_one_machine_train_and_write_one_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """Two torchrun launchers meeting at a c10d rendezvous, one rank each, as two machines would."""
+    out, port = tmp_path / "m.pt", free_port()
+    args = f"{corpus} {TINY} --batch-size 8 --max-steps 6 --eval-every 3 --out {out}"
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    launchers = [
+        start(torchrun(args, "--nnodes=2", f"--node-rank={node}", procs=1, port=port), log)
+        for node, log in enumerate(logs)
+    ]
+    assert [launcher.wait(timeout=90) for launcher in launchers] == [0, 0], logs[0].read_text()
+    said = logs[0].read_text() + logs[1].read_text()
+    assert said.count("done: step 6") == 1  # one voice for both nodes
+    assert sorted(p.name for p in tmp_path.glob("m*")) == ["m.last.pt", "m.metrics.jsonl", "m.pt"]  # no temp files
+    assert len((tmp_path / "m.metrics.jsonl").read_text().splitlines()) == 2  # evaluations at steps 3 and 6, once
+    one = run(chargen(f"{corpus} {TINY} --batch-size 8 --max-steps 6 --eval-every 3 --out {tmp_path / 'one.pt'}"))
+    assert one.returncode == 0, one.stderr
+    nodes, single = load(tmp_path / "m.last.pt"), load(tmp_path / "one.last.pt")
+    assert nodes["metrics"]["step"] == 6
+    for name, weight in single["model"].items():
+        torch.testing.assert_close(nodes["model"][name], weight, rtol=0, atol=1e-5)
 
 
-def test_a_killed_rank_without_restarts_ends_every_process_promptly(corpus: Path, tmp_path: Path) -> None:
+def test_procs_launches_ranks_itself_and_ctrl_c_stops_them_with_one_line(corpus: Path, tmp_path: Path) -> None:
     out, log = tmp_path / "m.pt", tmp_path / "log.txt"
-    launcher = _start(_torchrun(f"{corpus} {TINY} --batch-size 8 --eval-every 5 --max-steps 100000 --out {out}"), log)
-    _wait_for(out.with_name("m.last.pt"), launcher)
-    _kill_one_rank(out)
-    assert launcher.wait(timeout=60) != 0
-    assert subprocess.run(["pgrep", "-f", f"chargen train .*{out}"]).returncode == 1  # no rank left
+    ranks = start(
+        chargen(f"{corpus} {TINY} --batch-size 8 --eval-every 5 --max-steps 100000 --out {out} --procs 2"), log
+    )
+    wait_for(out.with_name("m.last.pt"), ranks)
+    assert len(rank_pids(ranks)) == 2  # the launcher's own ranks
+    os.killpg(ranks.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the launcher and both ranks
+    assert ranks.wait(timeout=60) == 130
+    said = log.read_text()
+    errors = error_lines(said)
+    assert len(errors) == 1 and "interrupted at step" in errors[0], said
+    assert "Traceback" not in said and "ChildFailedError" not in said
+    step = int(errors[0].split("interrupted at step ")[1].split(";")[0])
+    assert load(out.with_name("m.last.pt"))["metrics"]["step"] == step
+
+
+def test_procs_must_be_positive(corpus: Path, tmp_path: Path) -> None:
+    result = run(chargen(f"{corpus} {TINY} --max-steps 1 --procs 0 --out {tmp_path / 'm.pt'}"))
+    assert result.returncode != 0
+    assert error_lines(result.stderr) == ["Error: --procs must be 1 or more, not 0"]

@@ -58,7 +58,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except ChargenError as err:
-        _fail(str(err), err.exit_code)
+        _fail(str(err), err.exit_code, getattr(err, "speak", None))
     except typer.Abort:
         _fail("aborted", 130)
     except typer.TyperException as err:
@@ -80,7 +80,8 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: int) -> None:
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for every rank
+def _fail(message: str, code: int, speak: bool | None = None) -> None:
+    """Under torchrun one rank speaks for all: the one the ranks settled on, else rank 0."""
+    if speak or (speak is None and os.environ.get("RANK", "0") == "0"):
         print(f"Error: {message}", file=sys.stderr)
     sys.exit(code)

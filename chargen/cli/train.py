@@ -3,6 +3,7 @@ with progress on screen."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,9 +59,19 @@ def train(
     replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes instead of failing.")] = False,
     keep_crlf: Annotated[bool, typer.Option(help="Keep CRLF / CR line endings as they are.")] = False,
     allow_binary: Annotated[bool, typer.Option(help="Read files that look binary.")] = False,
+    procs: Annotated[
+        int | None, typer.Option(help="Train as this many ranks on this machine (torchrun's launcher, gloo).")
+    ] = None,
+    dist_timeout: Annotated[
+        str | None, typer.Option(help="Under torchrun: how long a rank waits for its peers before failing [5m].")
+    ] = None,
     quiet: common.Quiet = False,
 ) -> None:
     """Train a model on CORPUS and save it (best to --out, last beside it as *.last.pt)."""
+    if procs is not None:
+        from chargen.cli.launch import launch_ranks, without_procs
+
+        raise typer.Exit(launch_ranks(procs, without_procs(sys.argv[1:])))
     pin_threads(threads)
     from chargen.data.corpus import ReadOptions
     from chargen.training.run import TrainRequest
@@ -103,10 +114,23 @@ def train(
         init_from=init_from,
         grow_vocab=grow_vocab,
     )
-    run_training(request, quiet)
+    run_training(request, quiet, group_timeout(dist_timeout))
 
 
-def run_training(request: Any, quiet: bool) -> None:
+def group_timeout(text: str | None) -> float | None:
+    """--dist-timeout in seconds (None: the default of chargen.training.distributed)."""
+    from chargen.config import parse_duration
+    from chargen.errors import ConfigError
+
+    if text is None:
+        return None
+    seconds = parse_duration(text)
+    if not seconds > 0:
+        raise ConfigError(f"--dist-timeout must be more than 0 (like 90s or 5m), not {text!r}")
+    return seconds
+
+
+def run_training(request: Any, quiet: bool, timeout: float | None = None) -> None:
     """Under torchrun every rank runs this; rank 0 alone speaks."""
     from chargen.cli.progress import TrainingDisplay
     from chargen.training.distributed import World, process_group
@@ -114,7 +138,8 @@ def run_training(request: Any, quiet: bool) -> None:
 
     world = World.from_env()
     quiet = quiet or not world.is_main
-    with process_group(world, request.train.get("device") or "auto"), TrainingDisplay(quiet=quiet) as display:
+    device = request.train.get("device") or "auto"
+    with process_group(world, device, timeout), TrainingDisplay(quiet=quiet) as display:
         trainer = prepare(request, display)
         if not quiet:
             _describe_run(trainer, display)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from chargen.errors import ChargenError, ConfigError
+from chargen.training.failures import Failures, first_line
 
-DEFAULT_TIMEOUT = 300.0  # seconds a rank waits for its peers before failing
+DEFAULT_TIMEOUT = 300.0  # seconds a rank waits for its peers before failing (--dist-timeout)
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,14 @@ class World:
         return self.rank == 0
 
     @property
+    def attempt(self) -> int:
+        """torchrun counts restarts of the group (0 for the first attempt)."""
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+    @property
     def restarted(self) -> bool:
-        """torchrun counts restarts of the group; a restarted run continues from its checkpoint."""
-        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        """A restarted run continues from its checkpoint."""
+        return self.attempt > 0
 
     def device(self, requested: torch.device) -> torch.device:
         """One GPU per local rank."""
@@ -102,14 +110,10 @@ class World:
         return tuple(joined)
 
 
-class PeerFailed(ChargenError):
-    pass
-
-
 @contextmanager
-def process_group(world: World, device: str, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
-    """Join the group for the duration of a run (gloo on the CPU, NCCL on CUDA). A peer that
-    dies or stops answering ends this rank too, with one line instead of a traceback."""
+def process_group(world: World, device: str, timeout: float | None = None) -> Iterator[None]:
+    """Join the group for the duration of a run (gloo on the CPU, NCCL on CUDA). A rank that fails
+    ends every rank, with one line from one of them (chargen.training.failures)."""
     if world.size == 1:
         yield
         return
@@ -118,11 +122,33 @@ def process_group(world: World, device: str, timeout: float = DEFAULT_TIMEOUT) -
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
+    timeout = timeout or DEFAULT_TIMEOUT
+    wait = datetime.timedelta(seconds=timeout)
+    try:
+        # torchrun's store outlives a failed attempt: without a fresh namespace, a restarted group
+        # would read the dead ranks' addresses and wait on them until the timeout.
+        shared, _, _ = next(dist.rendezvous("env://", timeout=wait))
+        store = dist.PrefixStore(f"chargen/attempt-{world.attempt}/", shared)
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", store=store, rank=world.rank, world_size=world.size, timeout=wait
+        )
+    except (dist.DistError, RuntimeError, ValueError) as err:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise ChargenError(
+            f"rank {world.rank} could not join its group of {world.size} at {where} within {timeout:g}s "
+            f"({first_line(err)}); check the rendezvous endpoint, or raise --dist-timeout"
+        ) from None
+    failures = Failures(store, world.rank, world.size)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, failures.terminated) if main else None
     try:
         yield
-    except dist.DistError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PeerFailed(f"rank {world.rank} lost its peers ({reason}); the run stopped") from None
+    except BaseException as err:  # settle decides; a bug keeps its traceback
+        settled = failures.settle(err)
+        if settled is err:
+            raise
+        raise settled from None
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
