@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from chargen.analysis.evaluate import EVAL_BURN_IN, EVAL_ROWS, characters_scored, total_bits
+from chargen.analysis.evaluate import characters_scored, eval_streams, total_bits
 from chargen.config import parse_duration
-from chargen.data.batches import EvalStreams
 from chargen.data.corpus import read_corpus, split_validation
 from chargen.data.tokenizers import CharTokenizer
 from chargen.device import autocast
@@ -70,7 +69,7 @@ def run_reference(corpus: Path, seconds: float, eval_every: float) -> list[dict]
     train_text, val_text = split_validation(text, 0.1)
     tokenizer = CharTokenizer.train(train_text)
     train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
-    val_streams = EvalStreams.build(val_ids, EVAL_ROWS, EVAL_BURN_IN)
+    val_streams = eval_streams(val_ids)
     val_chars = characters_scored(tokenizer, val_ids)
     torch.manual_seed(0)
     model = CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, layers=2, hidden=512, dropout=0.0))

@@ -1,22 +1,32 @@
-"""Sampling speed: chargen's sampler against the plain reference loop, in the same process.
+"""Sampling speed: every candidate step, the auto choice and the `chargen sample` CLI against the
+plain reference loop, in the same run.
 
     python benchmarks/sampling.py                        # untrained 2×512 LSTM, torch's threads
     python benchmarks/sampling.py --threads 1
     python benchmarks/sampling.py --checkpoint ckpt.pt   # a trained model: the quality line means something
+    python benchmarks/sampling.py --no-cli               # skip the CLI rows
 
 The model is a 2×512 LSTM over the tinyshakespeare characters (../shared/corpora, else a built-in
 text), untrained unless --checkpoint is given: speed does not depend on the weights. The
 reference is what a plain sampling loop does: the model's forward (nn.LSTM) over one token,
 softmax, multinomial, per step; it runs with oneDNN on and off (torch's CPU LSTM uses oneDNN by
 default) and the faster counts. Each figure is the best of --repeats runs, since other processes
-share the machine. The quality line gives bits per character of held-out text read through
-chargen's fp32 and int8 steps.
+share the machine. The candidates are every usable product (chargen.generation.products) on one
+thread and on all of them; `auto` is what chargen.generation.kernels measures and caches (here
+in a temporary CHARGEN_HOME, so it is measured afresh). The CLI rows time `chargen sample` in a
+subprocess (its own environment: OMP_WAIT_POLICY=passive unless set), net of its start-up,
+which is timed with --length 1 and printed. The quality line gives bits per character of
+held-out text read through each step.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +36,8 @@ import torch
 from chargen.checkpoint import load_model
 from chargen.config import ModelConfig, SampleConfig
 from chargen.data.tokenizers import CharTokenizer
+from chargen.generation.inference import step_precisions
+from chargen.generation.kernels import cpu_model, torch_threads
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
 
@@ -91,27 +103,59 @@ def build_model(checkpoint: Path | None, text: str) -> tuple[CharLM, CharTokeniz
     return model, tokenizer, "untrained"
 
 
+def cli_seconds(checkpoint: Path, streams: int, length: int, home: str) -> float:
+    """Wall time of `chargen sample` writing `streams` samples of `length` characters to a pipe."""
+    command = [sys.executable, "-m", "chargen", "sample", str(checkpoint), "--length", str(length), "--seed", "1"]
+    command += ["-n", str(streams), "--temperature", str(TEMPERATURE)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "CHARGEN_HOME": home})
+    return time.perf_counter() - start
+
+
+def cli_rows(checkpoint: Path, runs: list[tuple[int, int]]) -> None:
+    with tempfile.TemporaryDirectory() as home:
+        cli_seconds(checkpoint, 1, 1, home)  # measures and caches the kernel choice
+        startup = min(cli_seconds(checkpoint, 1, 1, home) for _ in range(2))
+        print(f"CLI: start-up (--length 1) {startup:.2f} s, mostly importing torch")
+        for streams, length in runs:
+            wall = min(cli_seconds(checkpoint, streams, length, home) for _ in range(2))
+            net = streams * length / max(wall - startup, 1e-9)
+            label = f"{streams:>2} stream{'s' if streams > 1 else ' '} × {length} chars"
+            print(f"CLI: {label}: {wall:.2f} s wall, {net:,.0f} chars/s net of start-up")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--checkpoint", type=Path, help="benchmark this model instead of an untrained 2×512")
     parser.add_argument("--single-chars", type=int, default=2000, help="characters for the single stream")
     parser.add_argument("--batch-chars", type=int, default=300, help="characters per stream for 64 streams")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cli-chars", type=int, default=20000, help="characters for the CLI's single stream")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-cli", action="store_true", help="skip timing the chargen sample CLI (needs --checkpoint)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    os.environ["CHARGEN_HOME"] = tempfile.mkdtemp()  # auto measures afresh, as on first use
 
     text = SHAKESPEARE.read_text(encoding="utf-8") if SHAKESPEARE.is_file() else BUILTIN * 200
     model, tokenizer, source = build_model(args.checkpoint, text)
-    m = model.config
+    m, threads = model.config, torch.get_num_threads()
     print(
         f"{m.layers}×{m.hidden} {m.cell.upper()} · vocab {m.vocab_size} · {source} · torch {torch.__version__} · "
-        f"threads {torch.get_num_threads()} · temperature {TEMPERATURE}, no top-k"
+        f"{cpu_model()} · threads {threads} · OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', '-')} · "
+        f"temperature {TEMPERATURE}, no top-k"
     )
-    samplers = {precision: Sampler(model, tokenizer, precision=precision) for precision in ("int8", "fp32")}
+    candidates = [(p, t) for p in step_precisions(model, torch.device("cpu")) for t in sorted({1, threads})]
+    auto = Sampler(model, tokenizer)
+    print(f"auto: {auto.kernel.describe()}")
 
-    results = {}
+    def rate(sampler: Sampler, streams: int, length: int) -> float:
+        def generate(b: int, n: int) -> object:
+            return sampler.generate([""] * b, SampleConfig(length=n, temperature=TEMPERATURE, seed=1))
+
+        return chars_per_second(generate, streams, length, args.repeats)
+
     for streams, length in ((1, args.single_chars), (64, args.batch_chars)):
         reference = {  # a quarter of the length: the reference is slow, and its rate is steady
             mkldnn: chars_per_second(
@@ -120,27 +164,29 @@ def main() -> None:
             for mkldnn in (True, False)
         }
         best_reference = max(reference.values())
-        row = [f"{streams:>2} stream{'s' if streams > 1 else ' '}", f"reference {best_reference:>9,.0f} chars/s"]
-        for precision, sampler in samplers.items():
-
-            def generate(b: int, n: int, sampler: Sampler = sampler) -> object:
-                return sampler.generate([""] * b, SampleConfig(length=n, temperature=TEMPERATURE, seed=1))
-
-            speed = chars_per_second(generate, streams, length, args.repeats)
-            results[streams, precision] = (speed, speed / best_reference)
-            row.append(f"chargen {precision} {speed:>9,.0f} chars/s ({speed / best_reference:.1f}x)")
-        print(" · ".join(row) + f"   [reference with oneDNN {reference[True]:,.0f}, without {reference[False]:,.0f}]")
+        print(
+            f"{streams:>2} stream{'s' if streams > 1 else ' '} · reference {best_reference:>9,.0f} chars/s "
+            f"[with oneDNN {reference[True]:,.0f}, without {reference[False]:,.0f}]"
+        )
+        for precision, t in candidates:
+            with torch_threads(t):
+                speed = rate(Sampler(model, tokenizer, precision=precision), streams, length)
+            print(f"   {precision}/{t}t {speed:>9,.0f} chars/s ({speed / best_reference:.1f}x)")
+        speed = rate(auto, streams, length)
+        print(
+            f"   auto ({auto.kernel.for_batch(streams).label}) {speed:>9,.0f} chars/s ({speed / best_reference:.1f}x)"
+        )
 
     held_out = text[-20000:]
-    bpc = {precision: held_out_bpc(sampler, held_out) for precision, sampler in samplers.items()}
+    bpc = {
+        p: held_out_bpc(Sampler(model, tokenizer, precision=p), held_out) for p, _ in candidates[:: len({1, threads})]
+    }
     note = "" if args.checkpoint else " (untrained: uninformative; use --checkpoint)"
-    print(f"quality: held-out bpc fp32 {bpc['fp32']:.4f}, int8 {bpc['int8']:.4f}{note}")
-
-    single, batch = results[1, "int8"], results[64, "int8"]
-    print(
-        f"summary: 1 stream {single[0] / 1e3:.1f}k chars/s ({single[1]:.1f}x reference) · "
-        f"64 streams {batch[0] / 1e3:.0f}k chars/s ({batch[1]:.1f}x) · int8 · threads {torch.get_num_threads()}"
-    )
+    print("quality: held-out bpc " + ", ".join(f"{p} {b:.4f}" for p, b in bpc.items()) + note)
+    if args.checkpoint is None:
+        print("CLI: not timed (it samples from a checkpoint: use --checkpoint)")
+    elif not args.no_cli:
+        cli_rows(args.checkpoint, [(1, args.cli_chars), (64, args.batch_chars * 4)])
 
 
 if __name__ == "__main__":

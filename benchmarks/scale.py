@@ -6,8 +6,9 @@ and encoding throughput, peak RSS and peak anonymous memory, seconds per evaluat
 
 The corpus is synthetic: the shared corpora (tinyshakespeare, songci) repeated to the size, written
 under --workdir and deleted afterwards. Each run is a subprocess (`prepare` then one step of the
-default 2x512 model on one thread) with a fresh or a warm $CHARGEN_HOME; the first run builds the
-token cache, the second reuses it. The reference for memory is the corpus's own size.
+default 2x512 model, on as many threads as `chargen train` would use unless --threads says) with a
+fresh or a warm $CHARGEN_HOME; the first run builds the token cache, the second reuses it. The
+reference for memory is the corpus's own size.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from chargen.threads import WAIT_POLICY, choose_threads
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
@@ -51,12 +54,12 @@ def _status(field: str) -> int:
     return 0
 
 
-def child(corpus: Path) -> None:
+def child(corpus: Path, threads: int) -> None:
     """One run, in this process: figures as one JSON line."""
     import torch
 
-    torch.set_num_threads(1)
-    from chargen.training.events import Callbacks, EvalEvent, StepEvent
+    torch.set_num_threads(threads)
+    from chargen.training.events import Callbacks, EvalEvent, StepEvent, WorkEvent
     from chargen.training.run import TrainRequest, prepare
 
     peak_anon = 0
@@ -71,8 +74,14 @@ def child(corpus: Path) -> None:
     threading.Thread(target=sample, daemon=True).start()
     figures: dict[str, float] = {}
     started = time.perf_counter()
+    passes: dict[str, tuple[float, int, float, int]] = {}  # task -> time and bytes at its first and last report
 
     class Timing(Callbacks):
+        def on_work(self, event: WorkEvent) -> None:
+            now = time.perf_counter()
+            first, first_done = passes.get(event.task, (now, event.done, now, event.done))[:2]
+            passes[event.task] = (first, first_done, now, event.done)
+
         def on_step(self, event: StepEvent) -> None:
             figures.setdefault("first_step_s", time.perf_counter() - started)
 
@@ -82,10 +91,12 @@ def child(corpus: Path) -> None:
     request = TrainRequest(
         corpus=corpus,
         out=corpus.parent / "model.pt",
-        train={"max_steps": 1, "max_time": 0, "eval_every": 1, "sample_chars": 0, "threads": 1},
+        train={"max_steps": 1, "max_time": 0, "eval_every": 1, "sample_chars": 0, "threads": threads},
     )
     trainer = prepare(request, Timing())
     figures["prepare_s"] = time.perf_counter() - started
+    for task, (first, first_done, last, last_done) in passes.items():
+        figures[f"{task}_mb_s"] = (last_done - first_done) / 1e6 / max(last - first, 1e-9)
     trainer.run()
     done.set()
     figures["peak_rss_mb"] = _status("VmHWM") / 1e6
@@ -93,11 +104,15 @@ def child(corpus: Path) -> None:
     print(json.dumps(figures))
 
 
-def run_one(corpus: Path, home: Path) -> dict[str, float]:
-    env = {**os.environ, "CHARGEN_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", str(corpus)], env=env, capture_output=True, text=True, check=True
-    )
+def _rate(figures: dict[str, float], task: str) -> str:
+    """MB/s of one pass over the corpus, between its first progress report and its last."""
+    return f"{figures[f'{task}_mb_s']:.0f} MB/s" if f"{task}_mb_s" in figures else "-"
+
+
+def run_one(corpus: Path, home: Path, threads: int) -> dict[str, float]:
+    env = {**os.environ, "CHARGEN_HOME": str(home), "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": WAIT_POLICY}
+    command = [sys.executable, __file__, "--child", str(corpus), "--threads", str(threads)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -105,28 +120,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100], help="corpus sizes in MB")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as many as chargen train uses)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    threads = choose_threads(args.threads)
     if args.child is not None:
-        child(args.child)
+        child(args.child, threads)
         return
-    print(f"CPU: {cpu_model()}; torch threads: 1; model: chargen defaults (2x512 LSTM)")
+    print(f"CPU: {cpu_model()}; torch threads: {threads}; model: chargen defaults (2x512 LSTM)")
     for size in args.sizes:
         folder = Path(tempfile.mkdtemp(prefix="chargen-scale-", dir=args.workdir))
         try:
             corpus = folder / "big.txt"
             make_corpus(corpus, size)
-            cold = run_one(corpus, folder / "home")
-            warm = run_one(corpus, folder / "home")
+            cold = run_one(corpus, folder / "home", threads)
+            warm = run_one(corpus, folder / "home", threads)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         mb = size
         print(
             f"{mb:>6} MB  first step: cold {cold['first_step_s']:.1f}s, cached {warm['first_step_s']:.1f}s  "
-            f"read+scan+encode {mb / cold['prepare_s']:.0f} MB/s (whole cold prepare)  "
+            f"reading {_rate(cold, 'reading')}, encoding {_rate(cold, 'encoding')}, "
+            f"whole cold prepare {mb / cold['prepare_s']:.0f} MB/s  "
             f"peak RSS cold {cold['peak_rss_mb']:.0f} / cached {warm['peak_rss_mb']:.0f} MB  "
             f"peak anonymous cold {cold['peak_anon_mb']:.0f} / cached {warm['peak_anon_mb']:.0f} MB "
-            f"(corpus {mb} MB)  evaluation {warm['eval_s']:.1f}s"
+            f"(corpus {mb} MB)  evaluation cold {cold['eval_s']:.1f}s / cached {warm['eval_s']:.1f}s"
         )
 
 

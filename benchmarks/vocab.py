@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 from machine import cpu_model
 
+from chargen.analysis.evaluate import eval_streams
 from chargen.config import ADAPTIVE_ABOVE, SampleConfig
-from chargen.data.batches import EvalStreams
 from chargen.generation.sampler import Sampler
 from chargen.training.run import TrainRequest, prepare
 from chargen.training.trainer import Trainer
@@ -90,7 +90,7 @@ def _timed(run: Callable[[], object]) -> float:
 
 def eval_seconds(trainer: Trainer, repeats: int) -> float:
     """The trainer's validation pass over the first EVAL_TOKENS validation tokens."""
-    trainer.val_streams = EvalStreams.build(trainer.data.val_ids[:EVAL_TOKENS], 16, 256)
+    trainer.val_streams = eval_streams(trainer.data.val_ids[:EVAL_TOKENS])
     return best_seconds(trainer.validation_bpc, repeats)
 
 

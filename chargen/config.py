@@ -126,7 +126,7 @@ class TrainConfig:
     eval_every: int = 250
     patience: int = 0  # evaluations without improvement before stopping; 0 disables
     val_frac: float = 0.1
-    val_max_chars: int = 300_000  # caps the validation tail: ~3.5 s per evaluation of the default model on 2 cores
+    val_max_chars: int = 300_000  # caps the validation tail: ~5 s per evaluation of the default model on 2 cores
     seed: int = 1337
     device: str = "auto"
     threads: int = 0  # 0 means torch's default

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from chargen.analysis.cells import GATE_NAMES, best_cells, text_properties, trace_layers
+from chargen.analysis.cells import GATE_NAMES, TRACE_ROW, best_cells, text_properties, trace_layers
 from chargen.config import ModelConfig
 from chargen.data.tokenizers import CharTokenizer
 from chargen.model import CharLM
@@ -70,16 +70,33 @@ def test_properties_follow_quotes_brackets_lines_and_words() -> None:
     assert props["start of a word"].tolist() == [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
 
 
+@pytest.mark.parametrize("length", [300, 2 * TRACE_ROW + 99], ids=["one pass", "parallel rows"])
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_the_top_layer_of_a_gru_or_rnn_trace_is_the_models_own_output(cell: str) -> None:
+def test_the_top_layer_of_a_gru_or_rnn_trace_is_the_models_own_output(cell: str, length: int) -> None:
     torch.manual_seed(0)
     model = CharLM(ModelConfig(vocab_size=12, cell=cell, layers=2, hidden=8, dropout=0.0)).eval()
-    ids = torch.randint(0, 12, (300,))
+    ids = torch.randint(0, 12, (length,))
     traces = trace_layers(model, ids)
     with torch.no_grad():
         out, _ = model.encode(ids.unsqueeze(0))
+    assert traces[-1].activations.shape == (length, 8)
     np.testing.assert_allclose(traces[-1].activations, out[0].numpy(), atol=2e-3)  # float16 storage
     assert sorted(traces[0].left) == sorted(GATE_NAMES[cell])
+
+
+def test_an_lstm_trace_shows_tanh_of_the_cell_state_the_model_carries() -> None:
+    torch.manual_seed(0)
+    model = CharLM(ModelConfig(vocab_size=12, layers=2, hidden=8, dropout=0.0)).eval()
+    ids = torch.randint(0, 12, (200,))
+    traces = trace_layers(model, ids)
+    cells, state = [], None
+    with torch.no_grad():
+        for t in range(len(ids)):
+            _, state = model.encode(ids[t : t + 1].unsqueeze(0), state)
+            cells.append(state[1][:, 0].tanh())  # (layers, H)
+    expected = torch.stack(cells, dim=1).numpy()  # (layers, T, H)
+    for layer, trace in enumerate(traces):
+        np.testing.assert_allclose(trace.activations, expected[layer], atol=2e-3)
 
 
 def test_gate_saturation_is_a_fraction_per_unit() -> None:

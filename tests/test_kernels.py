@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from chargen.config import ModelConfig
-from chargen.generation.inference import make_stepper
-from chargen.generation.kernels import CACHE_NAME, cache_key, choose_kernel
+from chargen.generation.inference import make_stepper, step_precisions
+from chargen.generation.kernels import BATCHES, CACHE_NAME, Kernel, KernelChoice, cache_key, choose_kernel
+from chargen.generation.products import KINDS
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
 
 CPU = torch.device("cpu")
+FP32 = {"precision": "fp32", "threads": 1}
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +26,15 @@ def model() -> CharLM:
 
 def test_the_first_choice_is_measured_and_then_remembered(model: CharLM) -> None:
     first = choose_kernel(model, CPU)
-    assert first.how == "measured" and set(first.speeds) == {"int8", "fp32"}
+    assert first.how == "measured" and set(first.speeds) == set(BATCHES)
+    labels = {Kernel(p, t).label for p in step_precisions(model, CPU) for t in {1, torch.get_num_threads()}}
+    assert all(set(speeds) == labels for speeds in first.speeds.values())
+    for batch, speeds in first.speeds.items():
+        assert first.kernels[batch].label == max(speeds, key=speeds.__getitem__)
     stored = json.loads((user_data_dir() / CACHE_NAME).read_text(encoding="utf-8"))
-    assert stored[cache_key(model)]["precision"] == first.precision
+    assert stored[cache_key(model)]["kernels"]["1"]["precision"] == first.kernels[1].precision
     again = choose_kernel(model, CPU)
-    assert (again.how, again.precision) == ("cached", first.precision)
+    assert (again.how, again.kernels, again.speeds) == ("cached", first.kernels, first.speeds)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"k": "v"}'])
@@ -38,6 +44,24 @@ def test_a_corrupt_cache_is_ignored_and_rewritten(model: CharLM, content: bytes)
     path.write_bytes(content)
     assert choose_kernel(model, CPU).how == "measured"
     assert cache_key(model) in json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"precision": "int8", "speeds": {"int8": 1.0}},  # the format before choices per stream count
+        {"kernels": {"1": FP32}, "speeds": {"1": {}}},  # a stream count missing
+        {"kernels": {"1": {"precision": "int4", "threads": 1}, "64": FP32}, "speeds": {"1": {}, "64": {}}},
+        {"kernels": {"1": {"precision": "fp32", "threads": 99}, "64": FP32}, "speeds": {"1": {}, "64": {}}},
+        {"kernels": {"1": FP32, "64": FP32}, "speeds": {"1": {"fp32/1t": "fast"}, "64": {}}},
+    ],
+    ids=["old format", "incomplete", "unknown precision", "too many threads", "bad speed"],
+)
+def test_a_cached_entry_that_does_not_fit_is_measured_again(model: CharLM, entry: object) -> None:
+    path = user_data_dir() / CACHE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({cache_key(model): entry}), encoding="utf-8")
+    assert choose_kernel(model, CPU).how == "measured"
 
 
 def test_a_deleted_cache_means_measuring_again(model: CharLM) -> None:
@@ -53,17 +77,46 @@ def test_a_cached_choice_for_other_shapes_does_not_apply(model: CharLM) -> None:
     assert choose_kernel(wider, CPU).how == "measured"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def usable(precision: str) -> None:
+    if not KINDS[precision].usable():
+        pytest.skip(f"the {precision} step does not run on this machine")
+
+
+@pytest.mark.parametrize("precision", list(KINDS))
 def test_a_requested_precision_overrides_the_measurement(model: CharLM, precision: str) -> None:
+    usable(precision)
     choice = choose_kernel(model, CPU, precision)
-    assert (choice.precision, choice.how) == (precision, "requested")
+    assert choice.how == "requested"
+    assert choice.for_batch(1) == choice.for_batch(64) == Kernel(precision, torch.get_num_threads())
     assert not (user_data_dir() / CACHE_NAME).exists()
 
 
-def test_the_int8_step_gives_the_models_distribution(model: CharLM) -> None:
-    """int8 weights move each next-token distribution by little (total variation) from the model's own."""
+def test_a_batch_runs_with_the_choice_measured_for_the_nearest_stream_count() -> None:
+    one, many = Kernel("int8-fbgemm", 1), Kernel("int8", 2)
+    choice = KernelChoice({1: one, 64: many}, "measured")
+    assert [choice.for_batch(n) for n in (1, 2, 7, 9, 64, 256)] == [one] * 3 + [many] * 3
+
+
+def test_fp32_steps_give_the_models_tokens(model: CharLM) -> None:
     tokens = torch.randint(12, (4, 50))
-    stepper = make_stepper(model, CPU, "int8")
+    stepper = make_stepper(model, CPU, "fp32")
+    with torch.no_grad():
+        expected = model(tokens)[0]  # (4, 50, V)
+        inner = stepper.enter(model.initial_state(4))
+        for t in range(tokens.shape[1]):
+            logits, inner = stepper.step(tokens[:, t], inner)
+            torch.testing.assert_close(logits, expected[:, t], atol=1e-4, rtol=1e-4)
+            assert torch.equal(logits.argmax(-1), expected[:, t].argmax(-1))
+
+
+@pytest.mark.parametrize("precision", [p for p in KINDS if p != "fp32"])
+@pytest.mark.parametrize("streams", [1, 4])
+def test_reduced_precision_steps_give_the_models_distribution(model: CharLM, precision: str, streams: int) -> None:
+    """int8 or bf16 weights move each next-token distribution by little (total variation) from the
+    model's own, for one stream and for a batch."""
+    usable(precision)
+    tokens = torch.randint(12, (streams, 50))
+    stepper = make_stepper(model, CPU, precision, streams)
     with torch.no_grad():
         expected = model(tokens)[0].softmax(dim=-1)  # (4, 50, V)
         inner = stepper.enter(model.initial_state(4))
@@ -71,3 +124,27 @@ def test_the_int8_step_gives_the_models_distribution(model: CharLM) -> None:
             logits, inner = stepper.step(tokens[:, t], inner)
             distance = (logits.softmax(dim=-1) - expected[:, t]).abs().sum(dim=-1) / 2
             assert float(distance.max()) < 0.02
+
+
+@pytest.mark.parametrize("precision", [p for p in KINDS if p != "fp32"])
+def test_a_stream_gets_the_same_distribution_alone_or_in_a_batch(model: CharLM, precision: str) -> None:
+    """The int8 input scale is fixed, not taken from the batch: a stream's numbers do not depend
+    on the other streams."""
+    usable(precision)
+    tokens = torch.randint(12, (5, 30))
+    alone, batch = make_stepper(model, CPU, precision, 1), make_stepper(model, CPU, precision, 5)
+    with torch.no_grad():
+        inner_alone = alone.enter(model.initial_state(1))
+        inner_batch = batch.enter(model.initial_state(5))
+        for t in range(tokens.shape[1]):
+            one, inner_alone = alone.step(tokens[:1, t], inner_alone)
+            many, inner_batch = batch.step(tokens[:, t], inner_batch)
+            torch.testing.assert_close(one[0], many[0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_description_names_each_candidate_without_markup_brackets(model: CharLM) -> None:
+    """rich (chargen info, the REPL) would swallow [..] as markup."""
+    choice = choose_kernel(model, CPU)
+    text = choice.describe()
+    assert all(label in text for speeds in choice.speeds.values() for label in speeds)
+    assert "[" not in text and "measured" in text

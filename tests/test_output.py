@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargen.analysis.evaluate import EVAL_BURN_IN, EVAL_ROWS, total_bits
+from chargen.analysis.evaluate import eval_streams, total_bits
 from chargen.checkpoint import build_model, load_checkpoint, save_checkpoint
 from chargen.config import ADAPTIVE_ABOVE, ModelConfig, SampleConfig, resolve_output
-from chargen.data.batches import EvalStreams
 from chargen.data.tokenizers import CharTokenizer
 from chargen.errors import CheckpointError, ConfigError
 from chargen.generation.inference import LSTMStepper
+from chargen.generation.products import KINDS
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-from chargen.output import AdaptiveSoftmax, adaptive_cutoffs
+from chargen.output import AdaptiveSoftmax, adaptive_cutoffs, padded_rows
 from chargen.repl.session import Session
 from chargen.training.run import TrainRequest, prepare
 
@@ -67,7 +67,7 @@ def exact_probabilities(layer: AdaptiveSoftmax, hidden: torch.Tensor) -> torch.T
 def test_adaptive_bits_equal_the_exact_log_likelihood() -> None:
     model = scrambled_adaptive()
     ids = torch.randint(0, model.config.vocab_size, (3000,))
-    streams = EvalStreams.build(ids, EVAL_ROWS, EVAL_BURN_IN)
+    streams = eval_streams(ids)
     inputs, targets, scored = next(streams.windows(streams.length))  # the whole text at once
     with torch.no_grad():
         hidden, _ = model.encode(inputs)  # (rows, T, H)
@@ -77,6 +77,35 @@ def test_adaptive_bits_equal_the_exact_log_likelihood() -> None:
     exact_bits = float(-(p_target.log2() * scored.flatten()).sum())
     bits = total_bits(model, streams, torch.device("cpu"))
     assert bits == pytest.approx(exact_bits, rel=1e-5)
+
+
+def test_cluster_rows_are_padded_to_a_few_sizes_with_their_own_first() -> None:
+    sizes = set()
+    for n in range(1, 9000):
+        rows = torch.arange(n) * 3 + 1
+        padded = padded_rows(rows)
+        assert torch.equal(padded[:n], rows) and set(padded[n:].tolist()) <= {1}
+        assert len(padded) - n < max(16, n / 8)  # at most 1/8 more (15 rows for small clusters)
+        sizes.add(len(padded))
+    assert len(sizes) <= 64  # so the matmul kernels compiled for them are reused
+
+
+def test_padded_clusters_leave_the_bits_and_the_gradients_exact() -> None:
+    model = scrambled_adaptive().train()
+    rank = model.head.rank
+    by_cluster = [torch.nonzero((rank >= lo) & (rank < hi)).squeeze(1) for lo, hi in pairwise(model.head.bounds)]
+    counts = (100, 37, 75)  # the tails' 37 and 75 rows are padded to 48 and 80
+    assert [len(padded_rows(torch.arange(n))) for n in counts[1:]] == [48, 80]
+    torch.manual_seed(1)
+    targets = torch.cat([ids[torch.randint(0, len(ids), (n,))] for ids, n in zip(by_cluster, counts)])
+    hidden = torch.randn(len(targets), 16, requires_grad=True)
+    weights = [hidden, *model.head.parameters()]
+    nats = model.head.nll(hidden, targets)
+    exact = -exact_probabilities(model.head, hidden).gather(1, targets[:, None])[:, 0].log()
+    torch.testing.assert_close(nats.double(), exact, rtol=1e-6, atol=1e-6)
+    got, want = torch.autograd.grad(nats.sum(), weights), torch.autograd.grad(exact.sum(), weights)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w.double(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("output", ["full", "adaptive"])
@@ -93,8 +122,10 @@ def test_scores_are_log_probabilities_up_to_a_constant_and_nll_agrees(output: st
         torch.testing.assert_close(model.head.scores(hidden).double(), exact, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", list(KINDS))
 def test_fast_steps_give_the_models_own_adaptive_distribution(precision: str) -> None:
+    if not KINDS[precision].usable():
+        pytest.skip(f"the {precision} step does not run on this machine")
     model = scrambled_adaptive()
     stepper = LSTMStepper(model, torch.device("cpu"), precision)
     tokens = torch.randint(0, 41, (8, 6))

@@ -12,7 +12,7 @@ from chargen.config import TokenizerConfig
 from chargen.data import token_cache
 from chargen.data.corpus import open_corpus, read_corpus
 from chargen.data.scan import Split
-from chargen.data.tokenized import Tokenized, tokenize
+from chargen.data.tokenized import Tokenized, token_counts, tokenize
 from chargen.data.tokenizers import CharTokenizer
 from chargen.errors import CacheError
 
@@ -116,3 +116,12 @@ def test_a_killed_build_leaves_a_temporary_file_that_the_next_build_removes(corp
     tokens.path.unlink()
     again = build(corpus)
     assert not leftover.exists() and torch.equal(again.ids, tokens.ids)
+
+
+def test_token_counts_of_a_memory_map_are_counted_block_by_block(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_text((ENGLISH + CHINESE) * 3000, encoding="utf-8")  # over a million tokens: two blocks
+    ids = build(path).ids
+    assert len(ids) > 1 << 20
+    counts = token_counts(ids, 200)
+    assert counts.tolist() == torch.bincount(ids.long(), minlength=200).tolist()

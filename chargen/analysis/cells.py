@@ -1,6 +1,6 @@
 """What the recurrent cells track, after Karpathy, Johnson and Fei-Fei, "Visualizing and
-Understanding Recurrent Networks" (2015): each layer is re-run alone to expose its cells and
-gates; cells are matched to simple properties of the text by correlation; gate saturation is
+Understanding Recurrent Networks" (2015): the recurrence is scanned step by step to expose every
+layer's cells and gates; cells are matched to simple properties of the text by correlation; gate saturation is
 how often each gate sits near 0 or 1.
 
 The activation of a cell is tanh(c) for an LSTM (the paper's choice) and the hidden state h
@@ -13,14 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from chargen.data.batches import EvalStreams
 from chargen.model import CharLM
 
 SATURATED = 0.1  # a gate below 0.1 is left-saturated, above 0.9 right-saturated
 GATE_NAMES = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"), "rnn": ()}
-_CHUNK = 4096  # time steps whose gate pre-activations are held at once
-_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# A long text is read as parallel rows of TRACE_ROW tokens, each first reading the TRACE_BURN_IN
+# tokens before it; a step then advances every row at once, so the scan takes T / rows steps.
+TRACE_ROW = 4096
+TRACE_BURN_IN = 1024
+_CHUNK = 256  # time steps whose input projections are computed in one matmul
 
 
 @dataclass
@@ -38,67 +42,92 @@ class Match:
     correlation: float  # Pearson r of the cell's activation with the property (sign kept)
 
 
-def _single_layer(model: CharLM, layer: int) -> nn.RNNBase:
-    """Layer `layer` of the model's stack as a one-layer module of the same kind."""
-    rnn = model.rnn
-    one = type(rnn)(rnn.input_size if layer == 0 else rnn.hidden_size, rnn.hidden_size, batch_first=True)
-    one.load_state_dict({f"{key}_l0": getattr(rnn, f"{key}_l{layer}") for key in _KEYS})
-    return one.to(next(model.parameters()).device).eval()
+# One step of each cell, as torch computes it (gates ordered as in its weights). In: the input
+# projection gi (rows, G*H), the recurrent one gh, the state. Out: the new state, what the report
+# shows of each cell (tanh(c) for an LSTM, the paper's choice; h otherwise) and the gates (rows, G*H).
+def _lstm_step(gi: Tensor, gh: Tensor, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    i, f, g, o = (gi + gh).chunk(4, dim=1)
+    i, f, o = i.sigmoid(), f.sigmoid(), o.sigmoid()
+    c = f * state[1] + i * g.tanh()
+    shown = c.tanh()
+    return (o * shown, c), shown, torch.cat((i, f, o), dim=1)
+
+
+def _gru_step(gi: Tensor, gh: Tensor, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    hidden = state[0].shape[1]
+    reset_update = (gi[:, : 2 * hidden] + gh[:, : 2 * hidden]).sigmoid()
+    r, z = reset_update.chunk(2, dim=1)
+    n = (gi[:, 2 * hidden :] + r * gh[:, 2 * hidden :]).tanh()
+    h = n + z * (state[0] - n)
+    return (h,), h, reset_update
+
+
+def _rnn_step(gi: Tensor, gh: Tensor, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    h = (gi + gh).tanh()
+    return (h,), h, h[:, :0]
+
+
+_STEPS = {"lstm": _lstm_step, "gru": _gru_step, "rnn": _rnn_step}
 
 
 @torch.inference_mode()
 def trace_layers(model: CharLM, ids: Tensor) -> list[LayerTrace]:
-    """Read `ids` (T,) in one pass from a zero state, layer by layer."""
+    """Read `ids` (T,) and record every layer's cells and gates at every token.
+
+    The recurrence is scanned here rather than by the torch module, so that the gates come out of
+    the one pass that computes the states. A text shorter than two rows is read exactly, in one
+    pass from a zero state; a longer one as warmed-up parallel rows (see TRACE_ROW), which is
+    how `chargen eval` reads too.
+    """
     model.eval()
+    config, rnn = model.config, model.rnn
     device = next(model.parameters()).device
-    x = model.embed(ids.long().to(device)).unsqueeze(0)  # (1, T, E)
-    traces = []
-    for layer in range(model.config.layers):
-        module = _single_layer(model, layer)
-        h, _ = module(x)  # (1, T, H)
-        traces.append(_gates(module, model.config.cell, x[0], h[0]))
-        x = h
-    return traces
-
-
-def _gates(module: nn.RNNBase, cell: str, x: Tensor, h: Tensor) -> LayerTrace:
-    """Gates and cell states recomputed from the layer's inputs and its known outputs: every
-    pre-activation at once; only the LSTM's cell state needs a step-by-step scan."""
-    hidden = h.shape[1]
-    h_prev = torch.cat([torch.zeros_like(h[:1]), h[:-1]])
-    names = GATE_NAMES[cell]
-    left = {n: torch.zeros(hidden, dtype=torch.float64) for n in names}
-    right = {n: torch.zeros(hidden, dtype=torch.float64) for n in names}
-    activations = np.empty(tuple(h.shape), dtype=np.float16)
-    c = np.zeros(hidden, dtype=np.float32)
-    for start in range(0, len(h), _CHUNK):
+    # One more token, so that the streams' inputs cover every token of `ids` once.
+    padded = torch.cat([ids.long(), ids[-1:].long()])
+    streams = EvalStreams.build(padded, max(1, len(ids) // TRACE_ROW), TRACE_BURN_IN)
+    inputs, _, kept = next(streams.windows(streams.length))  # (rows, L): every row whole
+    # Position of each kept (row, step) in the text: row-major order is text order.
+    where = (kept.flatten().cumsum(0) - 1).view(kept.shape)
+    step = _STEPS[config.cell]
+    names = GATE_NAMES[config.cell]
+    # Weights transposed once into the layout the per-step matmul reads fastest.
+    weights = [
+        {key: getattr(rnn, f"{key}_l{layer}") for key in ("bias_ih", "bias_hh")}
+        | {key: getattr(rnn, f"{key}_l{layer}").T.contiguous() for key in ("weight_ih", "weight_hh")}
+        for layer in range(config.layers)
+    ]
+    states = [tuple(s[layer] for s in model.initial_state(len(inputs), device)) for layer in range(config.layers)]
+    activations = [np.empty((len(ids), config.hidden), dtype=np.float16) for _ in weights]
+    left = [torch.zeros(len(names) * config.hidden, dtype=torch.float64) for _ in weights]
+    right = [torch.zeros(len(names) * config.hidden, dtype=torch.float64) for _ in weights]
+    for start in range(0, inputs.shape[1], _CHUNK):
         span = slice(start, start + _CHUNK)
-        gi = x[span] @ module.weight_ih_l0.T + module.bias_ih_l0  # (t, G*H)
-        gh = h_prev[span] @ module.weight_hh_l0.T + module.bias_hh_l0
-        if cell == "lstm":
-            i, f, g, o = (gi + gh).chunk(4, dim=1)
-            i, f, o, g = i.sigmoid(), f.sigmoid(), o.sigmoid(), g.tanh()
-            forget, written = f.cpu().numpy(), (i * g).cpu().numpy()
-            cells = np.empty_like(written)
-            for t in range(len(cells)):  # c_t = f_t * c_(t-1) + i_t * g_t
-                c = forget[t] * c + written[t]
-                cells[t] = c
-            gates, shown = (i, f, o), np.tanh(cells)
-        elif cell == "gru":
-            r, z = (gi[:, : 2 * hidden] + gh[:, : 2 * hidden]).sigmoid().chunk(2, dim=1)
-            gates, shown = (r, z), h[span]
-        else:
-            gates, shown = (), h[span]
-        for name, gate in zip(names, gates):
-            left[name] += (gate < SATURATED).sum(0)
-            right[name] += (gate > 1 - SATURATED).sum(0)
-        activations[span] = shown if isinstance(shown, np.ndarray) else shown.cpu().numpy()
-    steps = max(len(h), 1)
-    return LayerTrace(
-        activations,
-        {n: (v / steps).numpy() for n, v in left.items()},
-        {n: (v / steps).numpy() for n, v in right.items()},
-    )
+        keep, at = kept[:, span], where[:, span][kept[:, span]]
+        x = model.embed(inputs[:, span].to(device))  # (rows, t, E)
+        for layer, w in enumerate(weights):
+            gi = x @ w["weight_ih"] + w["bias_ih"]  # (rows, t, G*H)
+            outputs, shown, gates = [], [], []
+            for t in range(gi.shape[1]):
+                states[layer], cell_view, gate_values = step(
+                    gi[:, t], torch.addmm(w["bias_hh"], states[layer][0], w["weight_hh"]), states[layer]
+                )
+                outputs.append(states[layer][0])
+                shown.append(cell_view)
+                gates.append(gate_values)
+            x = torch.stack(outputs, dim=1)  # (rows, t, H): the next layer's input
+            activations[layer][at.numpy()] = torch.stack(shown, dim=1)[keep].cpu().numpy()
+            counted = torch.stack(gates, dim=1)[keep]  # (kept, G*H)
+            left[layer] += (counted < SATURATED).sum(0)
+            right[layer] += (counted > 1 - SATURATED).sum(0)
+    steps = max(len(ids), 1)
+    return [
+        LayerTrace(
+            activations[layer],
+            {n: v.numpy() / steps for n, v in zip(names, left[layer].chunk(max(len(names), 1)))},
+            {n: v.numpy() / steps for n, v in zip(names, right[layer].chunk(max(len(names), 1)))},
+        )
+        for layer in range(config.layers)
+    ]
 
 
 def text_properties(pieces: list[str]) -> dict[str, np.ndarray]:

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from chargen.analysis.evaluate import EVAL_BURN_IN, EVAL_ROWS, EVAL_WINDOW, characters_scored
-from chargen.data.batches import EvalStreams
+from chargen.analysis.evaluate import EVAL_WINDOW, characters_scored, eval_streams
 from chargen.data.tokenizers import Tokenizer
 from chargen.model import CharLM
 
@@ -61,7 +60,7 @@ def token_pieces(tokenizer: Tokenizer, ids: list[int], text: str) -> list[str]:
 def read_surprise(model: CharLM, tokenizer: Tokenizer, text: str, ids: torch.Tensor) -> Surprise:
     model.eval()
     device = next(model.parameters()).device
-    streams = EvalStreams.build(ids, EVAL_ROWS, EVAL_BURN_IN)
+    streams = eval_streams(ids)
     nats, top_p, top_i, scored = [], [], [], []
     state = None
     for x, y, mask in streams.windows(EVAL_WINDOW):

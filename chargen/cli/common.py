@@ -27,6 +27,9 @@ EvalEvery = Annotated[int | None, typer.Option(help="Steps between evaluations."
 Patience = Annotated[int | None, typer.Option(help="Stop after this many evaluations without improvement.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed.")]
 Precision = Annotated[str | None, typer.Option(help="auto, fp32 or bf16.")]
+StepPrecision = Annotated[
+    str, typer.Option(help="Sampling step: auto, fp32, int8, int8-fbgemm or bf16 (auto: the fastest measured here).")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from chargen.cli.common import pin_threads
+from chargen.cli.common import Quiet, pin_threads
 from chargen.errors import ChargenError
 
 
@@ -19,9 +19,11 @@ def evaluate(
     format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Bits per character of TEXT_FILE under the model (state carried over the whole file). The
-    file is streamed through the token cache; on a terminal a bar shows the progress."""
+    file is streamed through the token cache; progress goes to stderr (a bar on a terminal, plain
+    lines otherwise, nothing with --quiet)."""
     pin_threads(threads)
     from rich.console import Console
 
@@ -44,14 +46,14 @@ def evaluate(
         Split("none"),
         lambda facts: loaded.tokenizer,
         notify=lambda message: console.print(message, style="yellow", markup=False, highlight=False),
-        report=progress.update if progress.interactive else None,
+        report=None if quiet else progress.update,
     )
     ids = tokens.ids
     if len(ids) < 2:
         raise ChargenError(f"{text_file} is too short to score: it needs at least two tokens")
     device = select_device("auto")
     chars = characters_scored(loaded.tokenizer, ids)
-    scoring = (lambda done, total: progress.update("scoring", done, total, "tokens")) if progress.interactive else None
+    scoring = None if quiet else (lambda done, total: progress.update("scoring", done, total, "tokens"))
     bpc = bits_per_char(loaded.model.to(device), ids, chars, device, progress=scoring)
     if format == "json":
         print(

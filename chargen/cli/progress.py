@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -32,15 +33,16 @@ class WorkProgress:
     """A long pass (encoding a corpus, scoring a file): a bar with its rate and ETA on a terminal;
     otherwise a plain line every PLAIN_EVERY seconds and one when a pass that took a while ends."""
 
-    def __init__(self, console: Console, interactive: bool) -> None:
+    def __init__(self, console: Console, interactive: bool, clock: Callable[[], float] = time.perf_counter) -> None:
         self.console = console
         self.interactive = interactive
+        self.clock = clock
         self._task = ""
         self._started = self._printed = 0.0
         self._bar: Progress | None = None
 
     def update(self, task: str, done: int, total: int, unit: str = "bytes") -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if task != self._task:
             self.stop()
             self._task, self._started, self._printed = task, now, now

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from chargen.cli.common import StepPrecision
 from chargen.config import SampleConfig
 from chargen.paths import user_data_dir
 
@@ -36,9 +37,7 @@ def repl(
     seed: Annotated[int | None, typer.Option(help="The same seed and inputs give the same text [random].")] = None,
     stop: Annotated[str | None, typer.Option(help="End a turn at this text (\\n = newline).")] = None,
     color: Annotated[bool, typer.Option(help="Shade characters by the model's confidence.")] = False,
-    precision: Annotated[
-        str, typer.Option(help="auto, fp32 or int8 weights (auto: int8 for an LSTM on CPU).")
-    ] = "auto",
+    precision: StepPrecision = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
 ) -> None:

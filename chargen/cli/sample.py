@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from chargen.atomic import replacing
+from chargen.cli.common import StepPrecision
 from chargen.config import SampleConfig, unescape
 from chargen.errors import ChargenError, ConfigError
 
@@ -44,7 +45,7 @@ def sample(
     out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of stdout.")] = None,
     show_prime: Annotated[bool, typer.Option(help="Text format: print each priming text before its sample.")] = True,
     first_index: Annotated[int, typer.Option(help="Number samples from here (sample i is stream i of the seed).")] = 0,
-    precision: Annotated[str, typer.Option(help="auto, fp32 or int8 (auto: the fastest measured here).")] = "auto",
+    precision: StepPrecision = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Say which sampling step runs, on stderr.")] = False,
@@ -91,7 +92,8 @@ def sample(
         _stream_to_terminal(sampler, streams[0], config, first_index, show_prime, seed is None)
         return
     completions = sampler.completions(streams, config, first_index)
-    settings = {**{k: v for k, v in asdict(config).items() if k != "seed"}, "precision": sampler.precision}
+    precision_used = sampler.kernel.for_batch(len(streams)).precision
+    settings = {**{k: v for k, v in asdict(config).items() if k != "seed"}, "precision": precision_used}
     records = (
         {
             "index": first_index + i,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from chargen.config import TokenizerConfig
@@ -22,6 +23,8 @@ from chargen.data.tokenizers import CharTokenizer, Tokenizer, fingerprint, train
 # A new run asks for a tokenizer made from the corpus; a resume or fine-tune brings its own
 # (a function, since fine-tuning may grow the vocabulary by the corpus's characters).
 Wanted = TokenizerConfig | Callable[[CorpusFacts], Tokenizer]
+
+_COUNT_BLOCK = 1 << 20  # tokens counted at a time: 8 MB as int64
 
 
 @dataclass
@@ -39,6 +42,16 @@ class Tokenized:
     @property
     def after_cut(self) -> torch.Tensor:
         return self.ids[self.cut_tokens :]
+
+
+def token_counts(ids: torch.Tensor, vocab_size: int) -> np.ndarray:
+    """How often each id occurs in `ids` (vocab_size,), counted in blocks: the ids may be a memory
+    map of any size, and one int64 copy of all of them would take 8 bytes per token."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(ids), _COUNT_BLOCK):
+        block = ids[start : start + _COUNT_BLOCK].numpy().astype(np.int64)
+        counts += np.bincount(block, minlength=vocab_size)
+    return counts
 
 
 def tokenize(

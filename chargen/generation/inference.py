@@ -5,14 +5,10 @@ Sampling is a loop of tiny steps, so what costs is Python overhead per operation
 the weights once per step, not arithmetic. The fast LSTM step therefore
 - folds the embedding, the first layer's input weights and all its biases into one table
   (V, 4H): the first layer's input half becomes a row lookup;
-- computes each higher layer's gates in one matmul over [input, h] with pre-concatenated,
-  pre-transposed weights;
+- computes each higher layer's gates in one product over [input, h] with pre-concatenated
+  weights, in whichever precision and library `precision` names (chargen.generation.products);
 - uses one sigmoid for all four gates and none of torch's tanh (several times slower on the
-  CPU), through tanh(x) = 2 sigmoid(2x) - 1, with the factors folded into weights and state;
-- in int8 precision, stores weights as int8 with one scale per output row, and h (always in
-  (-1, 1)) as int8 with the fixed scale 1/127. The matmul is then exact integer arithmetic,
-  reads a quarter of the bytes, and gives each stream the same result whatever else is in
-  the batch (a dynamic per-batch activation scale would not).
+  CPU), through tanh(x) = 2 sigmoid(2x) - 1, with the factors folded into weights and state.
 GRU and RNN models use the model's own forward, one token at a time.
 """
 
@@ -25,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from chargen.errors import ConfigError
+from chargen.generation.products import KINDS
 from chargen.model import CharLM, State
 
-_H_SCALE = 127.0  # h of an LSTM lies in (-1, 1): int8 h = round(127 h)
 _TABLE_LIMIT = 1 << 26  # floats; above this (huge vocabularies) layer 0 is computed, not looked up
 
 
@@ -43,26 +39,33 @@ class Stepper(Protocol):
     def step(self, tokens: Tensor, inner: list[Tensor]) -> tuple[Tensor, list[Tensor]]: ...
 
 
-def int8_available(device: torch.device) -> bool:
-    return device.type == "cpu" and hasattr(torch, "_int_mm")
+def step_precisions(model: CharLM, device: torch.device) -> list[str]:
+    """The precisions this model's step can run in here: every usable product for an LSTM on the
+    CPU (elsewhere the libraries behind int8 and packed bf16 do not run), fp32 otherwise."""
+    if model.config.cell != "lstm" or device.type != "cpu":
+        return ["fp32"]
+    return [name for name, kind in KINDS.items() if kind.usable()]
 
 
 def resolve_precision(precision: str, model: CharLM, device: torch.device) -> str:
-    """'auto' is int8 where it is fast (an LSTM on the CPU), fp32 elsewhere."""
-    if precision not in ("auto", "fp32", "int8"):
-        raise ConfigError(f"--precision must be auto, fp32 or int8, got {precision!r}")
-    fast_int8 = model.config.cell == "lstm" and int8_available(device)
+    """'auto' is the first usable product after fp32 (int8 where it runs); the others are checked."""
+    if precision != "auto" and precision not in KINDS:
+        raise ConfigError(f"--precision must be auto or one of {', '.join(KINDS)}, got {precision!r}")
+    usable = step_precisions(model, device)
     if precision == "auto":
-        return "int8" if fast_int8 else "fp32"
-    if precision == "int8" and not fast_int8:
-        raise ConfigError("--precision int8 needs an LSTM model on the CPU; use --precision fp32")
+        return usable[1] if len(usable) > 1 else usable[0]
+    if precision not in usable:
+        raise ConfigError(
+            f"--precision {precision} does not run for this model on this machine; use one of {', '.join(usable)}"
+        )
     return precision
 
 
-def make_stepper(model: CharLM, device: torch.device, precision: str = "auto") -> Stepper:
+def make_stepper(model: CharLM, device: torch.device, precision: str = "auto", batch: int = 1) -> Stepper:
+    """The step in `precision`; `batch` is the number of streams expected (a layout hint)."""
     precision = resolve_precision(precision, model, device)
     if model.config.cell == "lstm":
-        return LSTMStepper(model, device, precision)
+        return LSTMStepper(model, device, precision, batch)
     return ModelStepper(model)
 
 
@@ -93,28 +96,21 @@ def _lstm_gates(weight: Tensor, hidden: int) -> Tensor:
     return torch.cat([i, f, o, 2 * g])
 
 
-def _quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric int8 per output row -> (int8 weight (N, K), scale (N,)) with weight ~ q * scale."""
-    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    return (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
-
-
 class LSTMStepper:
-    """The fast step for LSTM models, in fp32 (same tokens as the model) or with int8 weights.
+    """The fast step for LSTM models, in fp32 (same tokens as the model) or another product.
 
-    Inner state per layer: hs = h * h_scale (B, H) fp32, cc = 2c (B, H) fp32 and, in int8,
-    round(hs) as int8 (B, H); h_scale is 127 in int8 and 1 in fp32. Keeping 2c and a scaled h
-    saves an operation per layer and step; `enter` and `leave` convert.
+    Inner state per layer: hs = h * h_scale (B, H) and cc = 2c (B, H), both fp32; h_scale is
+    the product's (127 for int8, 1 otherwise). Keeping 2c and a scaled h saves an operation per
+    layer and step; `enter` and `leave` convert.
     """
 
-    def __init__(self, model: CharLM, device: torch.device, precision: str) -> None:
+    def __init__(self, model: CharLM, device: torch.device, precision: str, batch: int = 1) -> None:
         config = model.config
         H = config.hidden
+        kind = KINDS[precision]
         self.precision = precision
         self.layers = config.layers
-        self._int8 = precision == "int8"
-        self._h_scale = _H_SCALE if self._int8 else 1.0
-        self._width = 3 if self._int8 else 2  # inner tensors per layer
+        self._h_scale = kind.h_scale
 
         def param(tensor: Tensor) -> Tensor:
             return tensor.detach().to(device=device, dtype=torch.float32)
@@ -129,35 +125,25 @@ class LSTMStepper:
             else:
                 self._table = None
                 self._embed, self._w_ih0_t, self._bias0 = embed, w_ih0.t().contiguous(), bias0
-            self._weights: list[Tensor] = []  # per layer (K, 4H)
-            self._scales: list[Tensor] = []  # int8: per layer (4H,): row scale / h_scale
-            self._biases: list[Tensor] = []  # layers >= 1: (4H,)
+            self._products = []  # per layer: its input (B, K) -> gates (B, 4H); layer 0's input is h
             for layer in range(config.layers):
                 weight = _lstm_gates(rnn[f"weight_hh_l{layer}"], H)  # layer 0: its input part is the table
+                bias = torch.zeros_like(bias0)  # layer 0: the table holds it
                 if layer:
                     weight = torch.cat([_lstm_gates(rnn[f"weight_ih_l{layer}"], H), weight], dim=1)  # on [x, h]
-                    self._biases.append(_lstm_gates(rnn[f"bias_ih_l{layer}"] + rnn[f"bias_hh_l{layer}"], H))
-                if self._int8:
-                    q, scale = _quantize_rows(weight)
-                    self._weights.append(q.t())  # _int_mm is fastest on this transposed view
-                    self._scales.append(scale / _H_SCALE)
-                else:
-                    self._weights.append(weight.t().contiguous())
+                    bias = _lstm_gates(rnn[f"bias_ih_l{layer}"] + rnn[f"bias_hh_l{layer}"], H)
+                self._products.append(kind.build(weight / self._h_scale, bias, batch))
             self._scores = model.head.step_scorer(device, self._h_scale)  # hs (B, H) -> (B, V)
 
     def enter(self, state: State) -> list[Tensor]:
         h, c = state  # each (layers, B, H)
         inner = []
         for layer in range(self.layers):
-            hs = h[layer].float() * self._h_scale
-            inner += [hs, c[layer].float() * 2]
-            if self._int8:
-                inner.append(hs.round().to(torch.int8))
+            inner += [h[layer].float() * self._h_scale, c[layer].float() * 2]
         return inner
 
     def leave(self, inner: list[Tensor]) -> State:
-        h = torch.stack(inner[0 :: self._width]) / self._h_scale
-        return h, torch.stack(inner[1 :: self._width]) / 2
+        return torch.stack(inner[0::2]) / self._h_scale, torch.stack(inner[1::2]) / 2
 
     def _input_gates(self, tokens: Tensor) -> Tensor:
         if self._table is not None:
@@ -166,26 +152,15 @@ class LSTMStepper:
 
     def step(self, tokens: Tensor, inner: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """tokens (B,) -> next-token scores (B, V) (softmax-ready) and the new state."""
-        width, h_scale = self._width, self._h_scale
+        h_scale = self._h_scale
         new: list[Tensor] = []
-        below: Tensor | None = None  # the layer below's new h, as this layer's input
-        for layer in range(self.layers):
-            hs, cc = inner[layer * width], inner[layer * width + 1]
-            base = self._input_gates(tokens) if layer == 0 else self._biases[layer - 1]
-            if self._int8:
-                x = inner[layer * width + 2]
-                x = x if below is None else torch.cat([below, x], dim=1)
-                gates = torch.addcmul(base, torch._int_mm(x, self._weights[layer]), self._scales[layer])
-            else:
-                x = hs if below is None else torch.cat([below, hs], dim=1)
-                gates = torch.addmm(base, x, self._weights[layer])  # (B, 4H)
+        hs = inner[0]
+        gates = self._products[0](hs).add_(self._input_gates(tokens))  # (B, 4H)
+        for layer, product in enumerate(self._products):
+            if layer:  # the layer below's new h is this layer's input
+                gates = product(torch.cat([hs, inner[2 * layer]], dim=1))
             i, f, o, g = gates.sigmoid_().chunk(4, dim=1)  # g holds sigmoid(2 g): tanh(g) = 2 g - 1
-            cc = (f * cc).sub_(i, alpha=2).addcmul_(i, g, value=4)  # 2c' = f 2c + 2 i tanh(g)
+            cc = (f * inner[2 * layer + 1]).sub_(i, alpha=2).addcmul_(i, g, value=4)  # 2c' = f 2c + 2 i tanh(g)
             hs = torch.addcmul(o * -h_scale, o, cc.sigmoid(), value=2 * h_scale)  # h_scale o tanh(c')
-            if self._int8:
-                below = hs.round().to(torch.int8)
-                new += [hs, cc, below]
-            else:
-                below = hs
-                new += [hs, cc]
-        return self._scores(new[-width]), new
+            new += [hs, cc]
+        return self._scores(hs), new

@@ -1,42 +1,86 @@
 """Which one-token step samples fastest here: measured on first use, remembered per machine.
 
-int8 or fp32 is not a property of the code but of the CPU: one stream of a 2×512 LSTM sampled
-10.5k chars/s in int8 on an AMD EPYC without AMX, where int8 wins, but 4.45k on an Intel Xeon
-with AMX. So `auto` times each candidate step for a moment (one stream, where the difference
-shows) and keeps the answer in the user data folder, keyed by the CPU model, the torch version,
-the thread count and the model's shapes. The file is only a memo: safe to delete, and ignored
-(then rewritten) when unreadable.
+The fastest step is not a property of the code but of the CPU: one stream of a 2×512 LSTM
+sampled 10.5k chars/s with torch's int8 matmul on an AMD EPYC without AMX, but 4.45k on an Intel
+Xeon with AMX, where fbgemm's prepacked int8 product is much faster; and the best product for one
+stream is not the best for 64. So `auto` times each usable product (chargen.generation.products)
+for a moment, for one stream and for a batch, and keeps the answer in the user data folder, keyed
+by the CPU model, the torch version, the thread count and the model's shapes. The file is only a
+memo: safe to delete, and ignored (then rewritten) when unreadable.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from chargen.atomic import replacing
-from chargen.generation.inference import int8_available, make_stepper, resolve_precision
+from chargen.generation.inference import make_stepper, resolve_precision, step_precisions
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
 
 CACHE_NAME = "kernels.json"
-_TRIAL_STEPS = 100  # per timing; a 2×512 step takes ~0.1 ms, so a choice costs well under a second
-_TRIALS = 3  # alternating, best of: other processes share the machine
+BATCHES = (1, 64)  # stream counts measured; a run uses the choice for the nearest one
+_TRIAL_STEPS = {1: 100, 64: 20}  # steps per timing: well under a second for every choice
+_TRIALS = 2  # alternating, best of: other processes share the machine
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A way to run the step: the precision of its product and the torch threads it runs on
+    (one thread can win for a single stream: no waking of idle threads at every product)."""
+
+    precision: str
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision}/{self.threads}t"
 
 
 @dataclass(frozen=True)
 class KernelChoice:
-    precision: str
+    kernels: dict[int, Kernel]  # per measured stream count
     how: str  # requested, only choice, measured or cached
-    speeds: dict[str, float] = field(default_factory=dict)  # one-stream steps/s per candidate
+    speeds: dict[int, dict[str, float]] = field(default_factory=dict)  # steps/s per stream count, kernel label
+
+    def nearest(self, streams: int) -> int:
+        """The measured stream count nearest to `streams` on a log scale."""
+        return min(self.kernels, key=lambda b: abs(math.log(b) - math.log(max(1, streams))))
+
+    def for_batch(self, streams: int) -> Kernel:
+        return self.kernels[self.nearest(streams)]
 
     def describe(self) -> str:
-        measured = ", ".join(f"{p} {s / 1e3:.1f}k steps/s" for p, s in self.speeds.items())
-        return f"{self.precision} ({self.how}{': ' + measured if measured else ''})"
+        """E.g. "1 stream: int8-fbgemm/1t (fp32/1t 1.4k, int8-fbgemm/1t 2.8k steps/s); 64 streams: ...
+        (measured)". No square brackets: rich would read them as markup."""
+        parts = []
+        for batch, kernel in self.kernels.items():
+            measured = ", ".join(f"{label} {s / 1e3:.1f}k" for label, s in self.speeds.get(batch, {}).items())
+            shown = f" ({measured} steps/s)" if measured else ""
+            parts.append(f"{batch} stream{'s' if batch > 1 else ''}: {kernel.label}{shown}")
+        return f"{'; '.join(parts)} ({self.how})"
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block on `threads` torch threads, then restore the process's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_model() -> str:
@@ -53,30 +97,33 @@ def cache_key(model: CharLM) -> str:
     c = model.config
     return (
         f"{cpu_model()} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', '-')} | "
         f"{c.cell} {c.layers}x{c.hidden} embed {model.embed.weight.shape[1]} vocab {c.vocab_size}"
     )
 
 
-def candidates(model: CharLM, device: torch.device) -> list[str]:
-    return ["int8", "fp32"] if model.config.cell == "lstm" and int8_available(device) else ["fp32"]
-
-
 def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") -> KernelChoice:
-    """The precision of the sampling step: `requested` unless it is auto, else the one that
-    measured fastest on this machine for this model's shapes."""
+    """The step per stream count: `requested` precision on the process's threads unless it is
+    auto, else the precision and thread count that measured fastest here for this model."""
+    threads = torch.get_num_threads()
     if requested != "auto":
-        return KernelChoice(resolve_precision(requested, model, device), "requested")
-    options = candidates(model, device)
+        return KernelChoice(
+            dict.fromkeys(BATCHES, Kernel(resolve_precision(requested, model, device), threads)), "requested"
+        )
+    options = [Kernel(p, t) for p in step_precisions(model, device) for t in sorted({1, threads})]
     if len(options) == 1:
-        return KernelChoice(options[0], "only choice")
+        return KernelChoice(dict.fromkeys(BATCHES, options[0]), "only choice")
     path = user_data_dir() / CACHE_NAME
     key, entries = cache_key(model), read_cache(path)
-    known = entries.get(key)
-    if isinstance(known, dict) and known.get("precision") in options and isinstance(known.get("speeds"), dict):
-        return KernelChoice(known["precision"], "cached", known["speeds"])
-    speeds = measure(model, device, options)
-    best = max(speeds, key=speeds.__getitem__)
-    entries[key] = {"precision": best, "speeds": speeds}
+    known = _parse(entries.get(key), options)
+    if known is not None:
+        return KernelChoice(known[0], "cached", known[1])
+    speeds = {batch: measure(model, device, options, batch) for batch in BATCHES}
+    best = {batch: next(k for k in options if k.label == max(s, key=s.__getitem__)) for batch, s in speeds.items()}
+    entries[key] = {
+        "kernels": {str(b): {"precision": best[b].precision, "threads": best[b].threads} for b in BATCHES},
+        "speeds": {str(b): speeds[b] for b in BATCHES},
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path, "w", encoding="utf-8") as f:
@@ -84,6 +131,22 @@ def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") 
     except OSError:
         pass  # a read-only home: measure again next time
     return KernelChoice(best, "measured", speeds)
+
+
+def _parse(entry: object, options: list[Kernel]) -> tuple[dict[int, Kernel], dict[int, dict[str, float]]] | None:
+    """A remembered choice, if it is whole and names kernels that run here; else None."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        kernels = {b: Kernel(str(k["precision"]), int(k["threads"])) for b, k in _per_batch(entry["kernels"]).items()}
+        speeds = {b: {str(label): float(v) for label, v in s.items()} for b, s in _per_batch(entry["speeds"]).items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return (kernels, speeds) if all(k in options for k in kernels.values()) else None
+
+
+def _per_batch(stored: dict[str, Any]) -> dict[int, Any]:
+    return {b: stored[str(b)] for b in BATCHES}
 
 
 def read_cache(path: Path) -> dict[str, object]:
@@ -96,17 +159,20 @@ def read_cache(path: Path) -> dict[str, object]:
 
 
 @torch.inference_mode()
-def measure(model: CharLM, device: torch.device, options: list[str]) -> dict[str, float]:
-    """One-stream steps per second of each candidate step (best of alternating trials)."""
-    steppers = {p: make_stepper(model, device, p) for p in options}
-    best = dict.fromkeys(options, float("inf"))
-    token = torch.zeros(1, dtype=torch.long, device=device)
+def measure(model: CharLM, device: torch.device, options: list[Kernel], streams: int) -> dict[str, float]:
+    """Steps per second of each candidate for `streams` streams (best of alternating trials)."""
+    steppers = {p: make_stepper(model, device, p, streams) for p in dict.fromkeys(k.precision for k in options)}
+    steps = _TRIAL_STEPS.get(streams, 20)
+    best = {k.label: float("inf") for k in options}
+    tokens = torch.zeros(streams, dtype=torch.long, device=device)
     for _ in range(_TRIALS + 1):  # the first round warms up
-        for precision, stepper in steppers.items():
-            inner = stepper.enter(model.initial_state(1, device))
-            start = time.perf_counter()
-            for _ in range(_TRIAL_STEPS):
-                logits, inner = stepper.step(token, inner)
-                token = logits.argmax(dim=-1)
-            best[precision] = min(best[precision], time.perf_counter() - start)
-    return {p: round(_TRIAL_STEPS / seconds, 1) for p, seconds in best.items()}
+        for kernel in options:
+            stepper = steppers[kernel.precision]
+            with torch_threads(kernel.threads):
+                inner = stepper.enter(model.initial_state(streams, device))
+                start = time.perf_counter()
+                for _ in range(steps):
+                    logits, inner = stepper.step(tokens, inner)
+                    tokens = logits.argmax(dim=-1)
+                best[kernel.label] = min(best[kernel.label], time.perf_counter() - start)
+    return {label: round(steps / seconds, 1) for label, seconds in best.items()}

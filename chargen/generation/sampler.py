@@ -22,8 +22,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_se
 from chargen.config import SampleConfig
 from chargen.data.tokenizers import Tokenizer
 from chargen.generation.draw import StreamRandom, choose, fresh_seed
-from chargen.generation.inference import make_stepper
-from chargen.generation.kernels import choose_kernel
+from chargen.generation.inference import Stepper, make_stepper
+from chargen.generation.kernels import choose_kernel, torch_threads
 from chargen.generation.text_output import TextOutput
 from chargen.model import CharLM, State
 
@@ -63,7 +63,9 @@ class _Run:
         self.sampler, self.config = sampler, config
         size = context.batch_size
         self.rows = torch.arange(size, device=sampler.device)  # context rows still running
-        self.inner = sampler.stepper.enter(context.state)
+        self.stepper = sampler.stepper_for(size)
+        self.threads = sampler.kernel.for_batch(size).threads
+        self.inner = self.stepper.enter(context.state)
         self.logits = context.logits
         seed = config.seed if config.seed is not None else fresh_seed()
         self.random = None if config.greedy else StreamRandom(seed, size, first_index, sampler.device)
@@ -77,14 +79,15 @@ class _Run:
     def advance(self, steps: int, with_probs: bool) -> tuple[list[str], Tensor | None]:
         """Run `steps` steps for every running row; returns each running row's new text (and
         the probability of each token when one step is taken)."""
-        stepper, config = self.sampler.stepper, self.config
+        stepper, config = self.stepper, self.config
         logits, inner = self.logits, self.inner
         tokens, probs = [], None
-        for _ in range(steps):
-            uniforms = self.random.next() if self.random is not None else None
-            token, probs = choose(logits, config, uniforms, with_probs)
-            tokens.append(token)
-            logits, inner = stepper.step(token, inner)
+        with torch_threads(self.threads):
+            for _ in range(steps):
+                uniforms = self.random.next() if self.random is not None else None
+                token, probs = choose(logits, config, uniforms, with_probs)
+                tokens.append(token)
+                logits, inner = stepper.step(token, inner)
         self.logits, self.inner = logits, inner
         token_bytes = self.sampler.tokenizer.token_bytes
         texts = []
@@ -114,7 +117,7 @@ class _Run:
 
     def store(self, context: Context) -> None:
         """Write the running rows' state and logits into the full-size context."""
-        state = self.sampler.stepper.leave(self.inner)
+        state = self.stepper.leave(self.inner)
         if len(self.rows) == context.batch_size:
             context.state, context.logits = state, self.logits
             return
@@ -137,11 +140,24 @@ class Sampler:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.kernel = choose_kernel(model, self.device, precision)  # auto: measured once per machine
-        self.stepper = make_stepper(model, self.device, self.kernel.precision)
-        self.precision = self.stepper.precision
+        self._steppers: dict[str, Stepper] = {}
         start = tokenizer.encode("\n")
         self._start_id = int(start[-1]) if len(start) else 0
         self.max_token_chars = max(1, max(len(b.decode("utf-8", "replace")) for b in tokenizer.token_bytes))
+
+    def stepper_for(self, streams: int) -> Stepper:
+        """The step for a batch of `streams` streams, built on first use."""
+        batch = self.kernel.nearest(streams)
+        precision = self.kernel.kernels[batch].precision
+        key = f"{precision} {batch}"
+        if key not in self._steppers:
+            self._steppers[key] = make_stepper(self.model, self.device, precision, batch)
+        return self._steppers[key]
+
+    @property
+    def stepper(self) -> Stepper:
+        """The step for one stream."""
+        return self.stepper_for(1)
 
     @torch.inference_mode()
     def read(self, texts: Sequence[str], context: Context | None = None) -> Context:

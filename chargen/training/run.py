@@ -18,7 +18,7 @@ from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict,
 from chargen.data.batches import Dataset
 from chargen.data.corpus import ReadOptions, open_corpus
 from chargen.data.scan import CorpusFacts, Split
-from chargen.data.tokenized import Wanted, tokenize
+from chargen.data.tokenized import Wanted, token_counts, tokenize
 from chargen.data.tokenizers import CharTokenizer, Tokenizer
 from chargen.device import select_device, select_precision
 from chargen.errors import CheckpointError, ConfigError, CorpusError
@@ -148,7 +148,7 @@ def _new_model(options: dict[str, Any], vocab_size: int, train_ids: torch.Tensor
     output = resolve_output(options.pop("output", "auto"), vocab_size, tie_weights)
     if output == "full":
         return CharLM(ModelConfig(vocab_size=vocab_size, output="full", **options))
-    counts = torch.bincount(train_ids.long(), minlength=vocab_size)
+    counts = torch.from_numpy(token_counts(train_ids, vocab_size))
     config = ModelConfig(vocab_size=vocab_size, output="adaptive", cutoffs=adaptive_cutoffs(counts), **options)
     model = CharLM(config)
     model.head.set_frequencies(counts)

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chargen.analysis.evaluate import EVAL_BURN_IN, EVAL_ROWS, total_bits
+from chargen.analysis.evaluate import eval_streams, total_bits
 from chargen.checkpoint import save_checkpoint
 from chargen.config import SampleConfig, TrainConfig, to_dict
-from chargen.data.batches import Cursor, Dataset, EvalStreams, StreamBatches
+from chargen.data.batches import Cursor, Dataset, StreamBatches
 from chargen.data.tokenizers import Tokenizer
 from chargen.device import autocast
 from chargen.generation.sampler import Sampler
@@ -75,7 +75,7 @@ class Trainer(TrainingLoop):
         self.rows = self.world.rows(config.batch_size)  # this rank's streams
         self.local_batch = self.rows.stop - self.rows.start
         self.scorer = self.world.wrap(_Scorer(model), device)
-        self.val_streams = EvalStreams.build(data.val_ids, EVAL_ROWS, EVAL_BURN_IN)
+        self.val_streams = eval_streams(data.val_ids)
         self.tokens_per_char = len(data.train_ids) / data.train_chars
         self.state: State | None = None
         self._next_state: State | None = None
