@@ -7,8 +7,8 @@ Each setting runs the real CLI in subprocesses: once alone, then twice at the sa
 same cores. The figure that matters is `pair / alone`: 2.0 is each run getting its fair half of
 two cores; above it the two runs slow each other down (OpenMP threads spinning on each other's
 time slices). Settings:
-- chargen: the CLI as shipped (its thread count and OMP_WAIT_POLICY default);
-- libgomp default: torch imported before chargen, so chargen's OMP_WAIT_POLICY default comes too
+- chargen: the CLI as shipped (its thread count and brief spinning: GOMP_SPINCOUNT);
+- libgomp default: torch imported before chargen, so chargen's spin count comes too
   late (libgomp reads it once, when torch loads it), and torch's own thread count;
 - active / passive: OMP_WAIT_POLICY set explicitly;
 - 1 thread: --threads 1 (each run alone then uses one core).
@@ -31,6 +31,7 @@ from chargen.generation.kernels import cpu_model
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 LATE_WAIT_POLICY = "import torch; from chargen.cli.app import main; main()"  # torch first: libgomp's default
 AS_SHIPPED = "from chargen.cli.app import main; main()"
+RUNTIME_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 SETTINGS: dict[str, tuple[str, dict[str, str], list[str]]] = {  # name: (program, environment, options)
     "chargen": (AS_SHIPPED, {}, []),
@@ -82,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.settings.split(","):
             program, extra_env, options = SETTINGS[name]
-            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+            env = {k: v for k, v in os.environ.items() if k not in RUNTIME_VARIABLES}
             env |= extra_env | {"CHARGEN_HOME": folder}
             one = [train_command(program, options, args.corpus, Path(folder) / "a.pt", args.steps)]
             two = [*one, train_command(program, options, args.corpus, Path(folder) / "b.pt", args.steps)]

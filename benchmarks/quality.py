@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py                          # chargen defaults, 10 minutes, tinyshakespeare
     python benchmarks/quality.py --budget 3m --reference  # also a plain PyTorch LSTM for the same time
+    python benchmarks/quality.py --budget 3m --options "--hidden 640"   # a candidate setting
 
 chargen runs as a user would run it: `chargen train CORPUS --max-time BUDGET` with default
 settings, in a subprocess, and its metrics log gives validation bpc over time. Validation is the
@@ -16,6 +17,7 @@ import argparse
 import json
 import math
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -30,11 +32,12 @@ from chargen.config import parse_duration
 from chargen.data.corpus import read_corpus, split_validation
 from chargen.data.tokenizers import CharTokenizer
 from chargen.device import autocast
+from chargen.generation.kernels import cpu_model
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
-def run_chargen(corpus: Path, budget: str, threads: int, out_dir: Path) -> list[dict]:
+def run_chargen(corpus: Path, budget: str, threads: int, out_dir: Path, options: list[str]) -> list[dict]:
     command = [
         sys.executable,
         "-m",
@@ -46,6 +49,7 @@ def run_chargen(corpus: Path, budget: str, threads: int, out_dir: Path) -> list[
         "--out",
         str(out_dir / "model.pt"),
         "--quiet",
+        *options,
     ]
     if threads:
         command += ["--threads", str(threads)]
@@ -112,16 +116,17 @@ def main() -> None:
     parser.add_argument("--budget", default="10m", help="training time, e.g. 3m, 600s")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
     parser.add_argument("--reference", action="store_true", help="also train the plain reference loop")
+    parser.add_argument("--options", default="", help="more `chargen train` options, as one string")
     args = parser.parse_args()
     if not args.corpus.is_file():
         sys.exit(f"corpus {args.corpus} not found; pass a text file")
     if args.threads:
         torch.set_num_threads(args.threads)
     seconds = parse_duration(args.budget)
-    print(f"corpus {args.corpus}, budget {seconds:.0f}s, threads {torch.get_num_threads()}")
+    print(f"{cpu_model()}, corpus {args.corpus}, budget {seconds:.0f}s, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run_chargen(args.corpus, args.budget, args.threads, Path(tmp))
-    show("chargen (defaults)", ours)
+        ours = run_chargen(args.corpus, args.budget, args.threads, Path(tmp), shlex.split(args.options))
+    show(f"chargen ({args.options or 'defaults'})", ours)
     best = min(r["val_bpc"] for r in ours)
     summary = f"summary: chargen best val {best:.3f} bpc after {args.budget}"
     if args.reference:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from chargen.config import ModelConfig
+from chargen.dropout import Dropout, run_stack
 from chargen.output import make_output_layer
 
 # LSTM state is (h, c); GRU and RNN state is h alone. Both are kept as a tuple of tensors,
@@ -20,7 +21,7 @@ class CharLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.rnn = _CELLS[config.cell](
             config.embed_dim,
             config.hidden,
@@ -60,7 +61,7 @@ class CharLM(nn.Module):
         if state is None:
             state = self.initial_state(ids.shape[0], ids.device)
         rnn_state = state if self.config.cell == "lstm" else state[0]
-        out, rnn_state = self.rnn(x, rnn_state)  # (B, T, H)
+        out, rnn_state = run_stack(self.rnn, x, rnn_state, self.config.dropout)  # (B, T, H)
         new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
         return self.drop(out), new_state
 

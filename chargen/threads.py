@@ -4,8 +4,11 @@ torch's default thread count is the number of cores it sees, which ignores a cgr
 (containers, CI runners) and, with OpenMP's default busy-waiting, a second process on the same
 cores makes both spin on each other's time slices: two runs on two cores took 3-8x their time
 alone instead of 2x. So a run never uses more threads than the CPUs it may use (its affinity
-mask, capped by the cgroup quota), and OpenMP threads sleep when idle (OMP_WAIT_POLICY=passive),
-which libgomp reads once, when torch loads it: `prepare_runtime` must run before `import torch`.
+mask, capped by the cgroup quota), and an idle OpenMP thread spins only briefly before it sleeps
+(GOMP_SPINCOUNT). Sleeping at once (OMP_WAIT_POLICY=passive) is no answer: an LSTM step is
+hundreds of short parallel regions, and waking threads for each made a run alone 1.5x slower on
+an Intel Xeon with AMX. libgomp reads these once, when torch loads it: `prepare_runtime` must run
+before `import torch`.
 
 This module imports nothing heavy, so the CLI can call it first.
 """
@@ -18,7 +21,12 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
-WAIT_POLICY = "passive"  # see benchmarks/busy.py for the measurement behind it
+# Spins before an idle libgomp thread sleeps (its default is 300,000: two runs on two cores then
+# took 10x their time alone). 3,000 kept a run alone within ~10% of the default and a pair at
+# under 2x; on CPUs whose `pause` is shorter (AMD Zen) the same count waits less, nearer to
+# passive. Measured with benchmarks/busy.py (README, Performance).
+SPIN_COUNT = "3000"
+SLEEP_AT_ONCE = "0"  # KMP_BLOCKTIME for Intel's OpenMP runtime, which ignores GOMP_SPINCOUNT
 
 
 def allowed_cpus(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
@@ -98,6 +106,9 @@ def choose_threads(requested: int = 0) -> int:
 
 
 def prepare_runtime() -> None:
-    """Before torch is imported: idle OpenMP threads sleep rather than spin, unless the user chose.
-    Too late once torch (and with it libgomp) is loaded; then this changes nothing."""
-    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    """Before torch is imported: idle OpenMP threads spin briefly, then sleep, unless the user
+    chose a wait policy. Too late once torch (and with it libgomp) is loaded; then this changes nothing."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+    os.environ.setdefault("KMP_BLOCKTIME", SLEEP_AT_ONCE)

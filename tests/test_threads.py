@@ -80,8 +80,21 @@ def test_requested_threads_are_capped_by_the_allowed_cpus(monkeypatch: pytest.Mo
 
 def test_the_users_wait_policy_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     prepare_runtime()
     assert os.environ["OMP_WAIT_POLICY"] == "active"
+    assert "GOMP_SPINCOUNT" not in os.environ  # libgomp would ignore 'active' for a set count
+
+
+def test_idle_threads_spin_briefly_then_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.delenv(name, raising=False)
+    prepare_runtime()
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert 0 < int(os.environ["GOMP_SPINCOUNT"]) < 300_000  # libgomp's default spins far longer
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50")
+    prepare_runtime()
+    assert os.environ["GOMP_SPINCOUNT"] == "50"
 
 
 def test_the_cli_sets_the_wait_policy_before_torch_is_imported() -> None:
