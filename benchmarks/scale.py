@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from chargen.threads import WAIT_POLICY, choose_threads
+from chargen.threads import choose_threads, prepare_runtime
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
@@ -110,7 +110,8 @@ def _rate(figures: dict[str, float], task: str) -> str:
 
 
 def run_one(corpus: Path, home: Path, threads: int) -> dict[str, float]:
-    env = {**os.environ, "CHARGEN_HOME": str(home), "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": WAIT_POLICY}
+    env = {**os.environ, "CHARGEN_HOME": str(home), "OMP_NUM_THREADS": str(threads)}
+    prepare_runtime(env)  # the child waits for work as the chargen command does
     command = [sys.executable, __file__, "--child", str(corpus), "--threads", str(threads)]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -105,10 +106,11 @@ def choose_threads(requested: int = 0) -> int:
     return allowed if requested <= 0 else min(requested, allowed)
 
 
-def prepare_runtime() -> None:
+def prepare_runtime(env: MutableMapping[str, str] = os.environ) -> None:
     """Before torch is imported: idle OpenMP threads spin briefly, then sleep, unless the user
-    chose a wait policy. Too late once torch (and with it libgomp) is loaded; then this changes nothing."""
-    if "OMP_WAIT_POLICY" in os.environ:
+    chose a wait policy. Too late once torch (and with it libgomp) is loaded; then this changes
+    nothing. `env` is this process's environment, or one prepared for a child process."""
+    if "OMP_WAIT_POLICY" in env:
         return
-    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
-    os.environ.setdefault("KMP_BLOCKTIME", SLEEP_AT_ONCE)
+    env.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+    env.setdefault("KMP_BLOCKTIME", SLEEP_AT_ONCE)
