@@ -14,7 +14,7 @@ default) and the faster counts. Each figure is the best of --repeats runs, since
 share the machine. The candidates are every usable product (chargen.generation.products) on one
 thread and on all of them; `auto` is what chargen.generation.kernels measures and caches (here
 in a temporary CHARGEN_HOME, so it is measured afresh). The CLI rows time `chargen sample` in a
-subprocess (its own environment: OMP_WAIT_POLICY=passive unless set), net of its start-up,
+subprocess (its own environment, as the chargen command prepares it), net of its start-up,
 which is timed with --length 1 and printed. The quality line gives bits per character of
 held-out text read through each step.
 """
