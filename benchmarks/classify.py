@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model
-
 from chargen.classify.metrics import Report, report
 from chargen.config import ClassifierConfig, TrainConfig
 from chargen.data.labelled import Examples, Split, read_examples, split_examples
+from chargen.generation.kernels import cpu_model
 
 SMS_SPAM = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "sms_spam.tsv"
 TEST_FRAC = 0.2

@@ -38,10 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from machine import cpu_model
 
 from chargen.analysis.evaluate import eval_streams
 from chargen.config import ADAPTIVE_ABOVE, SampleConfig
+from chargen.generation.kernels import cpu_model
 from chargen.generation.sampler import Sampler
 from chargen.training.run import TrainRequest, prepare
 from chargen.training.trainer import Trainer
