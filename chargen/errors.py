@@ -5,6 +5,7 @@ class ChargenError(Exception):
     """A problem the user can fix; the message says what is wrong and what to do."""
 
     exit_code = 1
+    speak: bool | None = None  # under torchrun: whether this rank reports it (None: rank 0 does)
 
 
 class CorpusError(ChargenError):

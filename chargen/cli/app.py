@@ -58,7 +58,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except ChargenError as err:
-        _fail(str(err), err.exit_code, getattr(err, "speak", None))
+        _fail(str(err), err.exit_code, err.speak)
     except typer.Abort:
         _fail("aborted", 130)
     except typer.TyperException as err:

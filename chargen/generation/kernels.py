@@ -97,7 +97,7 @@ def cache_key(model: CharLM) -> str:
     c = model.config
     return (
         f"{cpu_model()} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', '-')} | "
+        f"waiting {os.environ.get('OMP_WAIT_POLICY', '-')}/{os.environ.get('GOMP_SPINCOUNT', '-')} | "
         f"{c.cell} {c.layers}x{c.hidden} embed {model.embed.weight.shape[1]} vocab {c.vocab_size}"
     )
 
