@@ -203,6 +203,15 @@ def test_corpus_binary_file_is_refused_unless_forced(cli, workdir: Path) -> None
     assert cli("train", elf, *TINY, "--allow-binary", "--max-steps", "1", "--quiet").code == 0
 
 
+@pytest.mark.parametrize("command", ["eval", "report"])
+def test_a_binary_text_to_read_is_refused_with_advice_the_command_takes(
+    cli, workdir: Path, tiny_checkpoint: Path, command: str
+) -> None:
+    elf = write(workdir / "program", b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00" + b"main printf puts\n" * 60)
+    assert_clear_error(cli(command, tiny_checkpoint, elf), "program looks binary", "--allow-binary")
+    assert cli(command, tiny_checkpoint, elf, "--allow-binary").code == 0
+
+
 def test_corpus_bom_is_stripped_and_line_endings_become_lf_unless_kept(cli, workdir: Path) -> None:
     write(workdir / "dos.txt", b"\xef\xbb\xbf" + b"first line\r\nsecond line\rthird\r\n" * 30)
 

@@ -29,8 +29,6 @@ app = typer.Typer(
 )
 
 DataFormat = Annotated[str, typer.Option(help="auto, folders, files, tsv or jsonl.")]
-ReplaceInvalid = Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes instead of failing.")]
-AllowBinary = Annotated[bool, typer.Option(help="Read files that look binary.")]
 Threads = Annotated[int | None, typer.Option(help="CPU threads.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 
@@ -70,8 +68,8 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     threads: Threads = None,
     precision: common.Precision = None,
-    replace_invalid: ReplaceInvalid = False,
-    allow_binary: AllowBinary = False,
+    replace_invalid: common.ReplaceInvalid = False,
+    allow_binary: common.AllowBinary = False,
     quiet: common.Quiet = False,
 ) -> None:
     """Train a classifier on DATA: a base language model, then one model per class (generative)
@@ -137,8 +135,8 @@ def evaluate(
     format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
     device: Device = "auto",
     threads: Threads = None,
-    replace_invalid: ReplaceInvalid = False,
-    allow_binary: AllowBinary = False,
+    replace_invalid: common.ReplaceInvalid = False,
+    allow_binary: common.AllowBinary = False,
 ) -> None:
     """Accuracy, macro-F1, per-class precision and recall, and the confusion matrix on DATA. On
     the data the classifier was trained on, only its held-out test examples are scored."""
@@ -174,7 +172,7 @@ def predict(
     format: Annotated[str, typer.Option("--format", help="text or jsonl.")] = "text",
     device: Device = "auto",
     threads: Threads = None,
-    replace_invalid: ReplaceInvalid = False,
+    replace_invalid: common.ReplaceInvalid = False,
 ) -> None:
     """The label of each text, with the probability of every label (and, for a generative
     classifier, the bits per character under each label's model)."""

@@ -31,6 +31,8 @@ StepPrecision = Annotated[
     str, typer.Option(help="Sampling step: auto, fp32, int8, int8-fbgemm or bf16 (auto: the fastest measured here).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+ReplaceInvalid = Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes instead of failing.")]
+AllowBinary = Annotated[bool, typer.Option(help="Read files that look binary.")]
 
 
 def given(**options: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from chargen.cli.common import Quiet, pin_threads
+from chargen.cli.common import AllowBinary, Quiet, ReplaceInvalid, pin_threads
 from chargen.errors import ChargenError
 
 
@@ -18,7 +18,8 @@ def evaluate(
     text_file: Annotated[Path, typer.Argument(help="A UTF-8 text file (or a folder of them) to score.")],
     format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes.")] = False,
+    replace_invalid: ReplaceInvalid = False,
+    allow_binary: AllowBinary = False,
     quiet: Quiet = False,
 ) -> None:
     """Bits per character of TEXT_FILE under the model (state carried over the whole file). The
@@ -38,7 +39,7 @@ def evaluate(
     if format not in ("text", "json"):
         raise ChargenError(f"--format must be text or json, got {format!r}")
     loaded = load_model(checkpoint)
-    corpus = open_corpus(text_file, ReadOptions("replace" if replace_invalid else "strict"))
+    corpus = open_corpus(text_file, ReadOptions("replace" if replace_invalid else "strict", allow_binary=allow_binary))
     console = Console(stderr=True)
     progress = WorkProgress(console, interactive=sys.stderr.isatty())
     tokens = tokenize(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from chargen.cli.common import pin_threads
+from chargen.cli.common import AllowBinary, ReplaceInvalid, pin_threads
 from chargen.errors import ChargenError
 
 if TYPE_CHECKING:
@@ -26,7 +26,8 @@ def report(
     ] = None,
     max_chars: Annotated[int, typer.Option(help="Read at most this many characters of the text.")] = DEFAULT_MAX_CHARS,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes.")] = False,
+    replace_invalid: ReplaceInvalid = False,
+    allow_binary: AllowBinary = False,
 ) -> None:
     """Surprise per character, cells that track the text, gate saturation and memory reach, as HTML."""
     pin_threads(threads)
@@ -42,7 +43,7 @@ def report(
         raise ChargenError(f"--max-chars must be at least 2, got {max_chars}")
     loaded = load_model(checkpoint)
     other = load_model(compare) if compare is not None else None
-    full = read_corpus(text_file, ReadOptions("replace" if replace_invalid else "strict"))
+    full = read_corpus(text_file, ReadOptions("replace" if replace_invalid else "strict", allow_binary=allow_binary))
     text = full[:max_chars]
     if len(full) > len(text):
         print(f"reading the first {len(text):,} of {len(full):,} characters (--max-chars)", file=sys.stderr)

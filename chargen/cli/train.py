@@ -56,9 +56,9 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     precision: common.Precision = None,
-    replace_invalid: Annotated[bool, typer.Option(help="Replace invalid UTF-8 bytes instead of failing.")] = False,
+    replace_invalid: common.ReplaceInvalid = False,
     keep_crlf: Annotated[bool, typer.Option(help="Keep CRLF / CR line endings as they are.")] = False,
-    allow_binary: Annotated[bool, typer.Option(help="Read files that look binary.")] = False,
+    allow_binary: common.AllowBinary = False,
     procs: Annotated[
         int | None, typer.Option(help="Train as this many ranks on this machine (torchrun's launcher, gloo).")
     ] = None,
