@@ -143,6 +143,9 @@ def process_group(world: World, device: str, timeout: float | None = None) -> It
     previous = signal.signal(signal.SIGTERM, failures.terminated) if main else None
     try:
         yield
+        # A rank that tore its connections down while rank 0 still wrote the last checkpoint
+        # sometimes aborted in gloo's teardown ("terminate called without an active exception").
+        dist.barrier()
     except BaseException as err:  # settle decides; a bug keeps its traceback
         settled = failures.settle(err)
         if settled is err:
