@@ -11,7 +11,9 @@ time slices). Settings:
 - libgomp default: torch imported before chargen, so chargen's spin count comes too
   late (libgomp reads it once, when torch loads it), and torch's own thread count;
 - active / passive: OMP_WAIT_POLICY set explicitly;
-- 1 thread: --threads 1 (each run alone then uses one core).
+- 1 thread: --threads 1 (each run alone then uses one core);
+- glibc malloc: MALLOC_MMAP_MAX_ set to glibc's own default, so chargen leaves the allocator as
+  glibc has it (freed blocks go back to the OS and are faulted in again: chargen.allocator).
 Each time is the best of --repeats (other processes share the machine); wall time of the whole
 process, start-up included, as a user sees it.
 """
@@ -26,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from chargen.allocator import user_tunes_malloc
 from chargen.generation.kernels import cpu_model
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -39,6 +42,7 @@ SETTINGS: dict[str, tuple[str, dict[str, str], list[str]]] = {  # name: (program
     "active": (AS_SHIPPED, {"OMP_WAIT_POLICY": "active"}, []),
     "passive": (AS_SHIPPED, {"OMP_WAIT_POLICY": "passive"}, []),
     "1 thread": (AS_SHIPPED, {}, ["--threads", "1"]),
+    "glibc malloc": (AS_SHIPPED, {"MALLOC_MMAP_MAX_": "65536"}, []),
 }
 
 
@@ -83,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.settings.split(","):
             program, extra_env, options = SETTINGS[name]
-            env = {k: v for k, v in os.environ.items() if k not in RUNTIME_VARIABLES}
+            env = {k: v for k, v in os.environ.items() if k not in RUNTIME_VARIABLES and not user_tunes_malloc({k: v})}
             env |= extra_env | {"CHARGEN_HOME": folder}
             one = [train_command(program, options, args.corpus, Path(folder) / "a.pt", args.steps)]
             two = [*one, train_command(program, options, args.corpus, Path(folder) / "b.pt", args.steps)]

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from chargen.allocator import retain_freed_memory
 from chargen.cli import cache, classify, demo, evaluate, info, plot, repl, report, sample, train
 from chargen.errors import ChargenError
 from chargen.threads import prepare_runtime
@@ -55,6 +56,7 @@ app.add_typer(classify.app, name="classify")
 def main() -> None:
     """Run the app; every user-facing failure becomes one line on stderr and an exit code."""
     prepare_runtime()  # before any command imports torch
+    retain_freed_memory()
     try:
         code = app(standalone_mode=False)
     except ChargenError as err:
