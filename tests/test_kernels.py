@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from chargen.config import ModelConfig
 from chargen.generation.inference import make_stepper, step_precisions
-from chargen.generation.kernels import BATCHES, CACHE_NAME, Kernel, KernelChoice, cache_key, choose_kernel
+from chargen.generation.kernels import BATCHES, CACHE_NAME, Kernel, KernelChoice, cache_key, choose_kernel, cpu_model
 from chargen.generation.products import KINDS
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
@@ -148,3 +149,13 @@ def test_the_description_names_each_candidate_without_markup_brackets(model: Cha
     text = choice.describe()
     assert all(label in text for speeds in choice.speeds.values() for label in speeds)
     assert "[" not in text and "measured" in text
+
+
+def test_the_cpu_is_named_with_its_family_and_model_numbers(tmp_path: Path) -> None:
+    """Two AMD EPYC generations both call themselves "AMD EPYC" in a virtual machine."""
+    cpuinfo = tmp_path / "cpuinfo"
+    block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+    cpuinfo.write_text(block.format(n=0) + "\n" + block.format(n=1), encoding="utf-8")
+    assert cpu_model(cpuinfo) == "AMD EPYC (family 26, model 2)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n", encoding="utf-8")
+    assert cpu_model(cpuinfo) == "Some CPU"
