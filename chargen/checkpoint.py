@@ -203,7 +203,8 @@ def build_model(payload: dict[str, Any], source: str | Path = "checkpoint") -> L
 def read_model_config(payload: dict[str, Any], source: str | Path) -> tuple[ModelConfig, Tokenizer]:
     """The network's shape and its tokenizer, checked to agree with each other."""
     try:
-        config = from_dict(ModelConfig, payload["model_config"])
+        # Checkpoints from before weight drop trained without it (which a resumed run keeps).
+        config = from_dict(ModelConfig, {"weight_drop": 0.0, **payload["model_config"]})
         tokenizer = tokenizer_from_state(payload["tokenizer"])
     except CheckpointError as err:
         raise CheckpointError(f"{source}: {err}") from None

@@ -46,6 +46,7 @@ class ModelConfig:
     hidden: int = 512
     embed: int = 0  # 0 means auto: see embed_dim
     dropout: float = 0.1
+    weight_drop: float = 0.2  # of the recurrent weights, while training (chargen.dropout.layer_by_layer)
     tie_weights: bool = False
     output: OutputKind = "full"  # checkpoints from before the adaptive softmax have the full one
     cutoffs: tuple[int, ...] = ()  # adaptive only: cluster boundaries in frequency rank
@@ -57,6 +58,7 @@ class ModelConfig:
         _require(1 <= self.hidden <= 8192, f"--hidden must be between 1 and 8192, got {self.hidden}")
         _require(0 <= self.embed <= 8192, f"--embed must be between 0 and 8192, got {self.embed}")
         _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _require(0.0 <= self.weight_drop < 1.0, f"--weight-drop must be in [0, 1), got {self.weight_drop}")
         if self.tie_weights:
             _require(
                 self.embed_dim == self.hidden,

@@ -9,7 +9,8 @@ multiplications forward and back included. The rate is p quantised to 1/65536 an
 scaled by the inverse of that rate, so the expectation is exact. nn.LSTM draws its inter-layer
 dropout with `bernoulli_` too, so while training with dropout the layers run one call each with
 this dropout between them (the fused CPU kernel runs layer by layer anyway). On GPUs torch's
-fused kernels are fast already: there everything stays torch's.
+fused kernels are fast already: there everything stays torch's. The same layer-by-layer call
+carries weight drop (DropConnect on the recurrent weights), on any device.
 """
 
 from __future__ import annotations
@@ -65,25 +66,36 @@ class Dropout(nn.Module):
         return dropout(x, self.p, self.training)
 
 
-def run_stack(rnn: nn.RNNBase, x: Tensor, state: RnnState, p: float) -> tuple[Tensor, RnnState]:
-    """`rnn(x, state)` (batch first) with dropout p between the layers drawn by `dropout`: one
-    layer at a time when there is dropout to draw on a CPU, else the fused call."""
-    if rnn.training and p and rnn.num_layers > 1 and x.device.type == "cpu":
-        return layer_by_layer(rnn, x, state, lambda h: dropout(h, p, training=True))
+def run_stack(
+    rnn: nn.RNNBase, x: Tensor, state: RnnState, p: float, weight_drop: float = 0.0
+) -> tuple[Tensor, RnnState]:
+    """`rnn(x, state)` (batch first) with dropout p between the layers drawn by `dropout` and,
+    with `weight_drop`, each layer's recurrent weights dropped (below): one layer at a time when
+    either needs drawing here, else the fused call."""
+    if rnn.training and (weight_drop or (p and rnn.num_layers > 1 and x.device.type == "cpu")):
+        return layer_by_layer(rnn, x, state, lambda h: dropout(h, p, training=True), weight_drop)
     return rnn(x, state)
 
 
 def layer_by_layer(
-    rnn: nn.RNNBase, x: Tensor, state: RnnState, between: Callable[[Tensor], Tensor]
+    rnn: nn.RNNBase, x: Tensor, state: RnnState, between: Callable[[Tensor], Tensor], weight_drop: float = 0.0
 ) -> tuple[Tensor, RnnState]:
     """The stack as one single-layer call per layer (rnn's own dropout unused), `between`
-    applied to each layer's output that feeds another layer. x (B, T, E) -> (B, T, H)."""
+    applied to each layer's output that feeds another layer. x (B, T, E) -> (B, T, H).
+
+    weight_drop (DropConnect on the hidden-to-hidden matrix, as in AWD-LSTM) zeroes a fraction
+    of W_hh's elements, one mask per call shared by every row and time step: dropping h itself
+    would erase the memory the recurrence carries, dropping the weights only perturbs how it is
+    read."""
     call = _CALLS[rnn.mode]
     lstm = isinstance(state, tuple)
     finals: list[tuple[Tensor, ...]] = []
     for layer, weights in enumerate(rnn.all_weights):
         if layer:
             x = between(x)
+        if weight_drop:
+            w_ih, w_hh, *biases = weights
+            weights = [w_ih, dropout(w_hh, weight_drop, training=True), *biases]
         rows = slice(layer, layer + 1)
         hidden = (state[0][rows], state[1][rows]) if lstm else state[rows]
         x, *last = call(x, hidden, weights, rnn.bias, 1, 0.0, rnn.training, False, True)

@@ -61,7 +61,7 @@ class CharLM(nn.Module):
         if state is None:
             state = self.initial_state(ids.shape[0], ids.device)
         rnn_state = state if self.config.cell == "lstm" else state[0]
-        out, rnn_state = run_stack(self.rnn, x, rnn_state, self.config.dropout)  # (B, T, H)
+        out, rnn_state = run_stack(self.rnn, x, rnn_state, self.config.dropout, self.config.weight_drop)  # (B, T, H)
         new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
         return self.drop(out), new_state
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY = "--layers 1 --hidden 32 --embed 16 --dropout 0 --seq-len 32 --seed 3 --threads 1 --precision fp32"
+TINY = (
+    "--layers 1 --hidden 32 --embed 16 --dropout 0 --weight-drop 0 --seq-len 32 --seed 3 --threads 1 --precision fp32"
+)
 WORDS = [
     "the",
     "quick",

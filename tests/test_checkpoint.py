@@ -113,3 +113,10 @@ def test_weights_that_do_not_fit_the_config_are_named(tiny_checkpoint: Path, tmp
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="weights do not match the model config"):
         load_model(tmp_path / "mismatch.pt")
+
+
+def test_a_checkpoint_from_before_weight_drop_trained_without_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    payload = payload_of(tiny_checkpoint)
+    payload["model_config"] = {k: v for k, v in payload["model_config"].items() if k != "weight_drop"}
+    torch.save(payload, tmp_path / "older.pt")
+    assert load_model(tmp_path / "older.pt").model.config.weight_drop == 0.0

@@ -116,6 +116,22 @@ def test_adaptive_softmax_trains_evaluates_and_samples_from_the_command_line(tmp
     assert len(sample.stdout.rstrip("\n")) == 40
 
 
+def test_weight_drop_is_set_kept_in_the_checkpoint_and_changed_when_fine_tuning(
+    corpus_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "wd.pt"
+    trained = chargen("train", corpus_file, *SMALL, "--max-steps", "4", "--weight-drop", "0.3", "--out", out)
+    assert trained.returncode == 0, trained.stderr
+    assert "weight drop 0.3" in chargen("info", out).stdout
+    tuned = chargen(
+        "train", corpus_file, "--init-from", out, "--weight-drop", "0", "--max-steps", "2", "--out", tmp_path / "t.pt"
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    assert "weight drop 0.0" in chargen("info", tmp_path / "t.pt").stdout
+    refused = chargen("train", corpus_file, *SMALL, "--weight-drop", "1", "--out", tmp_path / "x.pt")
+    assert refused.returncode == 1 and refused.stderr.startswith("Error: --weight-drop must be in [0, 1)")
+
+
 def test_fine_tuning_refuses_new_characters_unless_the_vocabulary_grows(tiny_checkpoint: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "new.txt"
     corpus.write_text("Whan that Aprille — with ñ and 中\n" * 60, encoding="utf-8")

@@ -95,3 +95,43 @@ def test_a_model_with_dropout_trains_repeatably_from_a_seed() -> None:
         return [nats.mean().item(), model.rnn.weight_hh_l0.grad.norm().item()]
 
     assert one_step() == one_step()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_weight_drop_runs_each_layer_on_its_recurrent_weights_with_one_mask_dropped(cell: str) -> None:
+    """Training with weight drop computes the stack whose W_hh lost a share of its elements (one
+    mask per call, drawn by `dropout` from torch's generator), gradients included: a dropped
+    weight gets none. Evaluation uses the whole matrix."""
+    rnn = CELLS[cell](6, 8, num_layers=2, batch_first=True)
+    x = torch.randn(4, 7, 6)
+    state = (torch.randn(2, 4, 8), torch.randn(2, 4, 8)) if cell == "lstm" else torch.randn(2, 4, 8)
+    torch.manual_seed(6)
+    masks = [dropout(torch.ones_like(rnn.weight_hh_l0), 0.4, training=True) for _ in range(2)]
+    reference = CELLS[cell](6, 8, num_layers=2, batch_first=True)
+    reference.load_state_dict(rnn.state_dict())
+    with torch.no_grad():
+        reference.weight_hh_l0.mul_(masks[0])
+        reference.weight_hh_l1.mul_(masks[1])
+    expected, expected_state = reference(x, state)
+
+    torch.manual_seed(6)
+    out, final = run_stack(rnn, x, state, 0.0, weight_drop=0.4)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(final, expected_state)
+    out.sum().backward()
+    dropped = masks[0] == 0
+    assert 0.2 < dropped.float().mean() < 0.6
+    assert rnn.weight_hh_l0.grad[dropped].abs().max() == 0
+    assert rnn.weight_hh_l0.grad[~dropped].abs().min() > 0
+
+    rnn.eval()
+    torch.testing.assert_close(run_stack(rnn, x, state, 0.0, weight_drop=0.4)[0], rnn(x, state)[0])
+
+
+def test_each_training_call_draws_a_new_weight_mask() -> None:
+    torch.manual_seed(7)
+    rnn = nn.LSTM(6, 8, batch_first=True)
+    x, state = torch.randn(4, 7, 6), (torch.zeros(1, 4, 8), torch.zeros(1, 4, 8))
+    first, _ = run_stack(rnn, x, state, 0.0, weight_drop=0.3)
+    second, _ = run_stack(rnn, x, state, 0.0, weight_drop=0.3)
+    assert not torch.allclose(first, second)

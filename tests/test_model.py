@@ -39,7 +39,13 @@ def test_tying_needs_matching_sizes() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("hidden", 0, "--hidden"), ("layers", 0, "--layers"), ("dropout", 1.0, "--dropout"), ("cell", "tcn", "--cell")],
+    [
+        ("hidden", 0, "--hidden"),
+        ("layers", 0, "--layers"),
+        ("dropout", 1.0, "--dropout"),
+        ("weight_drop", 1.0, "--weight-drop"),
+        ("cell", "tcn", "--cell"),
+    ],
 )
 def test_nonsense_shapes_are_refused(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

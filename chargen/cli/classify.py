@@ -56,6 +56,7 @@ def train(
     hidden: common.Hidden = None,
     embed: common.Embed = None,
     dropout: common.Dropout = None,
+    weight_drop: common.WeightDrop = None,
     batch_size: common.BatchSize = None,
     seq_len: common.SeqLen = None,
     lr: common.LearningRate = None,
@@ -94,7 +95,7 @@ def train(
             val_frac=val_frac,
             test_frac=test_frac,
         ),
-        model=given(layers=layers, hidden=hidden, embed=embed, dropout=dropout),
+        model=given(layers=layers, hidden=hidden, embed=embed, dropout=dropout, weight_drop=weight_drop),
         tokenizer=given(kind=tokenizer, vocab_size=vocab_size),
         train=given(
             batch_size=batch_size,

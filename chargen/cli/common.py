@@ -20,6 +20,9 @@ Layers = Annotated[int | None, typer.Option(help="Recurrent layers [2].")]
 Hidden = Annotated[int | None, typer.Option(help="Units per layer [512].")]
 Embed = Annotated[int | None, typer.Option(help="Embedding size [0 = auto: min(hidden, 128)].")]
 Dropout = Annotated[float | None, typer.Option(help="Dropout between layers.")]
+WeightDrop = Annotated[
+    float | None, typer.Option(help="Share of the recurrent weights dropped at each training step [0.2].")
+]
 BatchSize = Annotated[int | None, typer.Option(help="Parallel streams.")]
 SeqLen = Annotated[int | None, typer.Option(help="Tokens per backprop window.")]
 LearningRate = Annotated[float | None, typer.Option(help="Peak learning rate.")]

@@ -30,7 +30,8 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
         (
             "model",
             f"{m['layers']}×{m['hidden']} {m['cell'].upper()}, embed {loaded.model.config.embed_dim}, "
-            f"dropout {m['dropout']}, tied {m['tie_weights']}",
+            f"dropout {loaded.model.config.dropout}, weight drop {loaded.model.config.weight_drop}, "
+            f"tied {m['tie_weights']}",
         ),
         ("output layer", loaded.model.config.describe_output()),
         ("parameters", f"{loaded.model.num_parameters():,}"),

@@ -36,6 +36,7 @@ def train(
     hidden: common.Hidden = None,
     embed: common.Embed = None,
     dropout: common.Dropout = None,
+    weight_drop: common.WeightDrop = None,
     tie_weights: Annotated[bool | None, typer.Option(help="Share embedding and output weights.")] = None,
     output: Annotated[
         str | None,
@@ -86,6 +87,7 @@ def train(
             hidden=hidden,
             embed=embed,
             dropout=dropout,
+            weight_drop=weight_drop,
             tie_weights=tie_weights,
             output=output,
         ),

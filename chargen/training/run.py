@@ -239,8 +239,9 @@ def _resumed_config(payload: dict[str, Any], request: TrainRequest) -> TrainConf
 def fine_tune_start(
     init_from: Path, model_options: dict[str, Any], tokenizer_options: dict[str, Any]
 ) -> tuple[CharLM, Tokenizer]:
-    """The other model's weights and tokenizer; its architecture is kept (only dropout may change)."""
-    shape_options = sorted(set(model_options) - {"dropout"}) + sorted(tokenizer_options)
+    """The other model's weights and tokenizer; its architecture is kept (only the dropouts may change)."""
+    regularisers = {k: v for k, v in model_options.items() if k in ("dropout", "weight_drop")}
+    shape_options = sorted(set(model_options) - set(regularisers)) + sorted(tokenizer_options)
     if shape_options:
         raise ConfigError(
             f"{_flag(shape_options[0])} cannot change with --init-from: "
@@ -248,8 +249,8 @@ def fine_tune_start(
         )
     loaded = build_model(load_checkpoint(init_from), init_from)
     model = loaded.model
-    if model_options.get("dropout") is not None:
-        config = dataclasses.replace(model.config, dropout=model_options["dropout"])
+    if regularisers:
+        config = dataclasses.replace(model.config, **regularisers)
         rebuilt = CharLM(config)
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
