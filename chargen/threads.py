@@ -4,10 +4,13 @@ torch's default thread count is the number of cores it sees, which ignores a cgr
 (containers, CI runners) and, with OpenMP's default busy-waiting, a second process on the same
 cores makes both spin on each other's time slices: two runs on two cores took 3-8x their time
 alone instead of 2x. So a run never uses more threads than the CPUs it may use (its affinity
-mask, capped by the cgroup quota), and an idle OpenMP thread spins only briefly before it sleeps
-(GOMP_SPINCOUNT). Sleeping at once (OMP_WAIT_POLICY=passive) is no answer: an LSTM step is
-hundreds of short parallel regions, and waking threads for each made a run alone 1.5x slower on
-an Intel Xeon with AMX. libgomp reads these once, when torch loads it: `prepare_runtime` must run
+mask, capped by the cgroup quota), an idle OpenMP thread spins only briefly before it sleeps
+(GOMP_SPINCOUNT), and a run whose thread count is chargen's choice leaves the cores that other
+processes keep busy to them (`FairThreads`): each parallel region waits for its slowest thread,
+so a thread that shares its core makes the whole run wait for that core's time slices.
+Sleeping at once (OMP_WAIT_POLICY=passive) is no answer: an LSTM step is hundreds of short
+parallel regions, and waking threads for each made a run alone 1.5x slower on an Intel Xeon
+with AMX. libgomp reads these once, when torch loads it: `prepare_runtime` must run
 before `import torch`.
 
 This module imports nothing heavy, so the CLI can call it first.
@@ -17,11 +20,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
+PROC_STAT = Path("/proc/stat")
+LOOK_EVERY = 2.0  # seconds between looks at what other processes use
 # Spins before an idle libgomp thread sleeps (its default is 300,000: two runs on two cores then
 # took 10x their time alone). 3,000 kept a run alone within ~10% of the default and a pair at
 # under 2x; on CPUs whose `pause` is shorter (AMD Zen) the same count waits less, nearer to
@@ -97,10 +102,15 @@ def _ratio(quota: str, period: str) -> float | None:
     return q / p if q > 0 and p > 0 else None
 
 
+def chosen_by_user(requested: int = 0) -> bool:
+    """Whether the thread count is the user's (--threads or OMP_NUM_THREADS), not chargen's."""
+    return requested > 0 or os.environ.get("OMP_NUM_THREADS", "").isdigit()
+
+
 def choose_threads(requested: int = 0) -> int:
     """`requested` threads (0: as many as allowed; else OMP_NUM_THREADS when set), never more
     than the CPUs this process may use."""
-    if requested <= 0 and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+    if requested <= 0 and chosen_by_user():
         requested = int(os.environ["OMP_NUM_THREADS"])
     allowed = allowed_cpus()
     return allowed if requested <= 0 else min(requested, allowed)
@@ -114,3 +124,70 @@ def prepare_runtime(env: MutableMapping[str, str] = os.environ) -> None:
         return
     env.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     env.setdefault("KMP_BLOCKTIME", SLEEP_AT_ONCE)
+
+
+def busy_seconds(cpus: set[int], stat: Path = PROC_STAT) -> float | None:
+    """CPU time every process together has spent on `cpus` since boot (user, system and
+    interrupts; not idle, I/O wait or time the hypervisor gave to other machines); None where
+    /proc/stat is missing or unreadable."""
+    try:
+        lines = stat.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name[3:].isdigit() and name.startswith("cpu") and int(name[3:]) in cpus and len(fields) >= 8:
+            user, nice, system, _idle, _iowait, irq, softirq, _steal = (int(v) for v in fields[:8])
+            ticks += user + nice + system + irq + softirq
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process, all its threads (spinning included)."""
+    times = os.times()
+    return times.user + times.system
+
+
+class FairThreads:
+    """The thread count for a run on cores that other processes may also keep busy: the cores
+    left free of them, rounded, between one and `most`, looked at every `every` seconds.
+
+    Two runs of two threads on two cores see each other take a core, so both go to one thread
+    and each gets its core; when one ends, the other sees its cores free and takes them back."""
+
+    def __init__(
+        self,
+        most: int,
+        cpus: set[int] | None = None,
+        stat: Path = PROC_STAT,
+        own_seconds: Callable[[], float] = own_cpu_seconds,
+        every: float = LOOK_EVERY,
+    ) -> None:
+        self.most = self.threads = most
+        self.others = 0.0  # CPUs kept busy by other processes over the last look
+        self._cpus = cpus if cpus is not None else _affinity()
+        self._stat, self._own_seconds, self._every = stat, own_seconds, every
+        self._last: tuple[float, float, float] | None = None  # wall clock, busy, own CPU seconds
+
+    def update(self, now: float) -> int:
+        """The thread count to run on from `now` (a monotonic clock in seconds)."""
+        if self._last is not None and now - self._last[0] < self._every:
+            return self.threads
+        busy = busy_seconds(self._cpus, self._stat)
+        if busy is None:
+            return self.threads
+        own = self._own_seconds()
+        if self._last is not None:
+            wall, busy_before, own_before = self._last
+            self.others = max(0.0, (busy - busy_before) - (own - own_before)) / (now - wall)
+            self.threads = max(1, min(self.most, round(len(self._cpus) - self.others)))
+        self._last = (now, busy, own)
+        return self.threads
+
+
+def _affinity() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return set(range(os.cpu_count() or 1))

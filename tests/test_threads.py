@@ -1,15 +1,26 @@
-"""A run never uses more threads than the CPUs it may use: affinity mask and cgroup quota."""
+"""A run never uses more threads than the CPUs it may use (affinity mask and cgroup quota), and
+leaves the cores other processes keep busy to them."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from chargen.threads import allowed_cpus, cgroup_cpu_quota, choose_threads, prepare_runtime
+from chargen.threads import (
+    FairThreads,
+    allowed_cpus,
+    busy_seconds,
+    cgroup_cpu_quota,
+    choose_threads,
+    chosen_by_user,
+    prepare_runtime,
+)
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 
@@ -101,3 +112,126 @@ def test_the_cli_sets_the_wait_policy_before_torch_is_imported() -> None:
     """libgomp reads OMP_WAIT_POLICY once, when torch loads it: the CLI module must not import torch."""
     program = "import sys; import chargen.cli.app; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", program], capture_output=True, text=True).stdout.strip() == "False"
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _write_stat(path: Path, busy: list[float], idle: float = 50.0) -> None:
+    """A /proc/stat whose per-CPU lines have `busy` seconds split over user, system and irq, with
+    idle, I/O wait and steal time that must not count."""
+    lines = ["cpu  1 1 1 1 1 1 1 1 0 0", "intr 123 4 5"]
+    for cpu, seconds in enumerate(busy):
+        ticks = round(seconds * TICKS)
+        user, system, irq = ticks // 2, ticks // 4, ticks - ticks // 2 - ticks // 4
+        idle_ticks = round(idle * TICKS)
+        lines.append(f"cpu{cpu} {user} 0 {system} {idle_ticks} {idle_ticks} {irq} 0 {idle_ticks} 0 0")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_busy_time_counts_the_given_cpus_and_not_idle_wait_or_steal(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    _write_stat(stat, [10.0, 20.0, 40.0])
+    assert busy_seconds({0, 2}, stat) == pytest.approx(50.0)
+    assert busy_seconds({1}, stat) == pytest.approx(20.0)
+    assert busy_seconds({0}, tmp_path / "missing") is None
+
+
+class _Clock:
+    """Our own CPU seconds, as the test says they are."""
+
+    def __init__(self) -> None:
+        self.own = 0.0
+
+    def __call__(self) -> float:
+        return self.own
+
+
+def test_threads_give_way_to_other_processes_and_come_back(tmp_path: Path) -> None:
+    stat, own = tmp_path / "stat", _Clock()
+    fair = FairThreads(2, cpus={0, 1}, stat=stat, own_seconds=own, every=2.0)
+    _write_stat(stat, [0.0, 0.0])
+    assert fair.update(0.0) == 2  # the first look has nothing to compare with
+    # 10 s: we used both cores all along, nobody else anything: stay on two.
+    own.own = 20.0
+    _write_stat(stat, [10.0, 10.0])
+    assert fair.update(10.0) == 2 and fair.others == pytest.approx(0.0)
+    # 10 s more: another process kept one core busy (we got 10 s): one thread each.
+    own.own = 30.0
+    _write_stat(stat, [20.0, 20.0])
+    assert fair.update(20.0) == 1 and fair.others == pytest.approx(1.0)
+    # Within `every` seconds nothing is looked at, whatever the file says.
+    _write_stat(stat, [0.0, 0.0])
+    assert fair.update(21.0) == 1
+    # It stopped: we alone on one core, the other idle: back to two.
+    _write_stat(stat, [30.0, 20.0])
+    own.own = 40.0
+    assert fair.update(30.0) == 2
+
+
+def test_a_little_load_from_others_keeps_every_thread(tmp_path: Path) -> None:
+    stat, own = tmp_path / "stat", _Clock()
+    fair = FairThreads(2, cpus={0, 1}, stat=stat, own_seconds=own)
+    _write_stat(stat, [0.0, 0.0])
+    fair.update(0.0)
+    own.own = 18.0
+    _write_stat(stat, [10.0, 12.0])  # others: 4 s of CPU in 10 s
+    assert fair.update(10.0) == 2 and fair.others == pytest.approx(0.4)
+
+
+def test_an_unreadable_stat_keeps_the_thread_count(tmp_path: Path) -> None:
+    fair = FairThreads(2, cpus={0, 1}, stat=tmp_path / "missing")
+    assert fair.update(0.0) == 2 and fair.update(100.0) == 2
+
+
+def test_only_the_users_thread_count_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert not chosen_by_user(0) and chosen_by_user(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert chosen_by_user(0)
+
+
+@pytest.fixture
+def spinner() -> Iterator[subprocess.Popen[bytes]]:
+    """Another process keeping one core busy."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+needs_two_cpus = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2 or not Path("/proc/stat").is_file(),
+    reason="needs two CPUs and /proc/stat",
+)
+
+
+@needs_two_cpus
+def test_a_real_busy_process_is_seen(spinner: subprocess.Popen[bytes]) -> None:
+    cpus = set(sorted(os.sched_getaffinity(0))[:2])
+    os.sched_setaffinity(spinner.pid, cpus)
+    fair = FairThreads(2, cpus=cpus, every=0.0)
+    fair.update(time.monotonic())
+    time.sleep(1.5)
+    assert fair.update(time.monotonic()) == 1
+    assert 0.6 < fair.others < 2.1
+
+
+@needs_two_cpus
+def test_training_moves_to_one_thread_beside_a_busy_process(
+    spinner: subprocess.Popen[bytes], corpus_file: Path, tmp_path: Path
+) -> None:
+    """The real command, its thread count its own (no OMP_NUM_THREADS), next to a process that
+    keeps a core busy: it says it trains on one thread."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    command = [sys.executable, "-m", "chargen", "train", str(corpus_file), "--hidden", "32", "--layers", "1"]
+    command += ["--max-time", "6s", "--eval-every", "100000", "--out", str(tmp_path / "m.pt")]
+    cpus = set(sorted(os.sched_getaffinity(0))[:2])
+    os.sched_setaffinity(spinner.pid, cpus)
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "training on 1 thread" in result.stdout + result.stderr

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from chargen.config import TrainConfig
 from chargen.data.batches import Cursor
 from chargen.errors import ChargenError, TrainingDiverged
+from chargen.threads import FairThreads, chosen_by_user
 from chargen.training.distributed import World
 from chargen.training.events import Callbacks, StepEvent
 
@@ -74,6 +75,9 @@ class TrainingLoop(ABC):
         self.callbacks = callbacks or Callbacks()
         self.optimizer = self._make_optimizer()
         self.progress = Progress()
+        most = torch.get_num_threads()
+        shared = device.type == "cpu" and most > 1 and not chosen_by_user(config.threads)
+        self.fair_threads = FairThreads(most) if shared else None  # chargen's own thread count follows the load
         self._stop_requested = False  # by Ctrl-C, on this rank
         self._interrupted = False  # agreed by every rank: only this one steers the loop
 
@@ -175,7 +179,20 @@ class TrainingLoop(ABC):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if self.fair_threads is not None:
+                torch.set_num_threads(self.fair_threads.most)
         return self.progress
+
+    def _share_cores(self, now: float) -> None:
+        """Leave the cores other processes keep busy to them, and take them back when freed."""
+        fair = self.fair_threads
+        if fair is None or fair.update(now) == torch.get_num_threads():
+            return
+        torch.set_num_threads(fair.threads)
+        self.callbacks.on_message(
+            f"other processes keep {fair.others:.1f} of the CPUs busy: "
+            f"training on {fair.threads} thread{'s' if fair.threads > 1 else ''}"
+        )
 
     def _loop(self) -> None:
         c, p = self.config, self.progress
@@ -190,6 +207,7 @@ class TrainingLoop(ABC):
             now = time.perf_counter()
             p.elapsed += now - clock
             clock = now
+            self._share_cores(now)
             rate_chars += self.chars_per_step()
             self.callbacks.on_step(
                 StepEvent(
