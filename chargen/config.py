@@ -120,7 +120,7 @@ class TrainConfig:
     lr: float = 8e-3
     min_lr_frac: float = 0.05
     warmup_steps: int = 50
-    weight_decay: float = 0.1
+    weight_decay: float = 0.3  # AdamW; what keeps a small corpus read many times from overfitting
     grad_clip: float = 1.0
     max_steps: int = 0  # 0 means no step budget
     max_epochs: float = 0.0
