@@ -136,21 +136,29 @@ def run_training(request: Any, quiet: bool, timeout: float | None = None) -> Non
     """Under torchrun every rank runs this; rank 0 alone speaks."""
     from chargen.cli.progress import TrainingDisplay
     from chargen.training.distributed import World, process_group
-    from chargen.training.run import prepare
 
     world = World.from_env()
     quiet = quiet or not world.is_main
     device = request.train.get("device") or "auto"
     with process_group(world, device, timeout), TrainingDisplay(quiet=quiet) as display:
-        trainer = prepare(request, display)
-        if not quiet:
-            _describe_run(trainer, display)
-        progress = trainer.run()
+        done = _train(request, display, quiet)
     if not quiet:
-        print(
-            f"done: step {progress.step}, best val {progress.best_val_loss:.3f} bpc, "
-            f"saved {trainer.best_path} (last: {trainer.last_path})"
-        )
+        print(done)
+
+
+def _train(request: Any, display: Any, quiet: bool) -> str:
+    """The run, and the line that ends it. The trainer (with DDP's hold on the process group) is
+    gone when this returns, so the group is torn down with nothing of the run still using it."""
+    from chargen.training.run import prepare
+
+    trainer = prepare(request, display)
+    if not quiet:
+        _describe_run(trainer, display)
+    progress = trainer.run()
+    return (
+        f"done: step {progress.step}, best val {progress.best_val_loss:.3f} bpc, "
+        f"saved {trainer.best_path} (last: {trainer.last_path})"
+    )
 
 
 def _describe_run(trainer: Any, display: Any) -> None:

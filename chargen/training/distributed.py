@@ -17,6 +17,7 @@ so it resumes on any number of ranks that divides the batch, or in one process.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import signal
 import threading
@@ -146,6 +147,7 @@ def process_group(world: World, device: str, timeout: float | None = None) -> It
         # A rank that tore its connections down while rank 0 still wrote the last checkpoint
         # sometimes aborted in gloo's teardown ("terminate called without an active exception").
         dist.barrier()
+        gc.collect()  # what the run left in reference cycles must not outlive the group it uses
     except BaseException as err:  # settle decides; a bug keeps its traceback
         settled = failures.settle(err)
         if settled is err:
