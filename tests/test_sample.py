@@ -18,6 +18,7 @@ from chargen.config import ModelConfig, SampleConfig
 from chargen.data.tokenizers import CharTokenizer
 from chargen.generation.draw import choose, filter_logits
 from chargen.generation.inference import make_stepper, step_precisions
+from chargen.generation.kernels import torch_threads
 from chargen.generation.products import KINDS
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
@@ -243,6 +244,23 @@ def test_reduced_precision_keeps_the_models_quality(loaded, english_text: str, p
     fp32 = bits_per_char(Sampler(loaded.model, loaded.tokenizer, precision="fp32"), text)
     reduced = bits_per_char(Sampler(loaded.model, loaded.tokenizer, precision=precision), text)
     assert abs(reduced - fp32) < 0.01 * fp32
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8-fbgemm"])
+def test_an_int8_step_gives_the_same_text_on_one_thread_or_two(precision: str) -> None:
+    """A sampler on a busy machine moves to fewer threads mid-run (chargen.threads.FairThreads):
+    the text of a seed must not change with them. A 2×256 model, big enough that the products
+    are split among threads."""
+    usable(precision)
+    tokenizer = CharTokenizer.train(PRIMES[0] + PRIMES[2] + "\n")
+    torch.manual_seed(0)
+    model = CharLM(ModelConfig(tokenizer.vocab_size, layers=2, hidden=256))
+    config = SampleConfig(length=300, temperature=1.0, seed=3)
+    texts = {}
+    for threads in (1, 2):
+        with torch_threads(threads):  # a requested precision runs on the threads of its making
+            texts[threads] = Sampler(model, tokenizer, precision=precision, share_cores=False).generate(PRIMES, config)
+    assert texts[1] == texts[2]
 
 
 def test_auto_precision_is_measured_for_an_lstm_on_the_cpu_and_fp32_otherwise(loaded) -> None:

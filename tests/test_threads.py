@@ -235,3 +235,43 @@ def test_training_moves_to_one_thread_beside_a_busy_process(
     )
     assert result.returncode == 0, result.stderr
     assert "training on 1 thread" in result.stdout + result.stderr
+
+
+@needs_two_cpus
+def test_sampling_moves_to_one_thread_beside_a_busy_process_and_writes_the_same_text(
+    spinner: subprocess.Popen[bytes], tiny_checkpoint: Path
+) -> None:
+    """The real `chargen sample`, its thread count its own, next to a process that keeps a core
+    busy: it says it gave way, and the seed's text is the one it writes on one thread."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    command = [sys.executable, "-m", "chargen", "sample", str(tiny_checkpoint), "--length", "40000", "--seed", "4"]
+    cpus = set(sorted(os.sched_getaffinity(0))[:2])
+    os.sched_setaffinity(spinner.pid, cpus)
+    runs = [
+        subprocess.run(
+            command + options, env=env, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
+        )
+        for options in (["--verbose", "--precision", "int8"], ["--threads", "1", "--precision", "int8"])
+    ]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    assert "2 threads, fewer while other processes keep cores busy" in runs[0].stderr
+    assert "sampling was left as few as 1 thread" in runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout) > 40000
+
+
+def test_a_sampler_runs_on_the_cores_others_leave_free(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from chargen.checkpoint import load_model
+    from chargen.generation.sampler import Sampler
+
+    loaded = load_model(tiny_checkpoint)
+    sampler = Sampler(loaded.model, loaded.tokenizer, precision="fp32")
+    assert sampler.fair is None and sampler.threads_for(1) == 1  # conftest pins one thread: nothing to share
+    stat, own = tmp_path / "stat", _Clock()
+    sampler.fair = FairThreads(2, cpus={0, 1}, stat=stat, own_seconds=own, every=0.0)
+    _write_stat(stat, [0.0, 0.0])
+    assert sampler.threads_for(2) == 2 and sampler.load_note() is None
+    own.own = 10.0
+    _write_stat(stat, [10.0, 10.0])  # another process kept one core busy
+    time.sleep(0.01)
+    assert sampler.threads_for(2) == 1 and sampler.threads_for(1) == 1
+    assert "sampling was left as few as 1 thread" in (sampler.load_note() or "")

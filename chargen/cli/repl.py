@@ -51,6 +51,7 @@ def repl(
     from chargen.generation.sampler import Sampler
     from chargen.repl.commands import stop_strings
     from chargen.repl.session import Session, describe_model
+    from chargen.threads import chosen_by_user
 
     stops = stop_strings(stop) if stop is not None else None
     config = SampleConfig(
@@ -59,7 +60,7 @@ def repl(
 
     loaded = load_model(checkpoint)
     where = select_device(device)
-    sampler = Sampler(loaded.model.to(where), loaded.tokenizer, where, precision)
+    sampler = Sampler(loaded.model.to(where), loaded.tokenizer, where, precision, not chosen_by_user(threads or 0))
     session = Session(sampler, config, describe_model(checkpoint, loaded.payload, loaded.tokenizer.vocab_size))
     session.color = color
     interactive = sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()

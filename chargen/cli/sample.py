@@ -78,19 +78,38 @@ def sample(
     from chargen.device import select_device
     from chargen.generation.draw import fresh_seed
     from chargen.generation.sampler import Sampler
+    from chargen.threads import chosen_by_user
 
     loaded = load_model(checkpoint)
     where = select_device(device)
-    sampler = Sampler(loaded.model.to(where), loaded.tokenizer, where, precision)
+    sampler = Sampler(loaded.model.to(where), loaded.tokenizer, where, precision, not chosen_by_user(threads or 0))
     if verbose:
-        print(f"sampling step: {sampler.kernel.describe()} · {where} · {chosen_threads} threads", file=sys.stderr)
+        sharing = ", fewer while other processes keep cores busy" if sampler.fair else ""
+        step = f"sampling step: {sampler.kernel.describe()} · {where} · {chosen_threads} threads{sharing}"
+        print(step, file=sys.stderr)
     if config.seed is None:
         config = replace(config, seed=fresh_seed())
     streams = [p for p in primes for _ in range(samples)]
 
     if len(streams) == 1 and format == "text" and out is None and sys.stdout.isatty():
         _stream_to_terminal(sampler, streams[0], config, first_index, show_prime, seed is None)
-        return
+    else:
+        _write_samples(sampler, streams, config, first_index, format, out, show_prime)
+    note = sampler.load_note()
+    if verbose and note:
+        print(note, file=sys.stderr)
+
+
+def _write_samples(
+    sampler: Any,
+    streams: list[str],
+    config: SampleConfig,
+    first_index: int,
+    format: str,
+    out: Path | None,
+    show_prime: bool,
+) -> None:
+    """Every sample whole, as text or JSON lines, to stdout as each batch finishes or to `out`."""
     completions = sampler.completions(streams, config, first_index)
     precision_used = sampler.kernel.for_batch(len(streams)).precision
     settings = {**{k: v for k, v in asdict(config).items() if k != "seed"}, "precision": precision_used}

@@ -12,6 +12,7 @@ tokens.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -26,9 +27,11 @@ from chargen.generation.inference import Stepper, make_stepper
 from chargen.generation.kernels import choose_kernel, torch_threads
 from chargen.generation.text_output import TextOutput
 from chargen.model import CharLM, State
+from chargen.threads import FairThreads
 
 _DECODE_BLOCK = 64  # steps between decodes when nothing is streamed
 MAX_BATCH = 256  # streams stepped together; more are run in successive batches
+LOOK_EVERY = 0.5  # seconds between looks at the load: many runs last only seconds; a look costs ~20 µs
 
 
 @dataclass
@@ -82,7 +85,7 @@ class _Run:
         stepper, config = self.stepper, self.config
         logits, inner = self.logits, self.inner
         tokens, probs = [], None
-        with torch_threads(self.threads):
+        with torch_threads(self.sampler.threads_for(self.threads)):
             for _ in range(steps):
                 uniforms = self.random.next() if self.random is not None else None
                 token, probs = choose(logits, config, uniforms, with_probs)
@@ -127,7 +130,13 @@ class _Run:
 
 class Sampler:
     """Sampling from one model. The weights are copied into the fast step's layout once, here:
-    build a new Sampler after changing the model."""
+    build a new Sampler after changing the model.
+
+    With `share_cores` (the thread count is chargen's, not the user's) the step runs on the cores
+    other processes leave free (chargen.threads.FairThreads): beside a training run, a sampler
+    on both cores waits at every product for the core it shares, and took 3.9x its time alone.
+    Only the thread count follows the load, never the step's precision, so a seed gives the same
+    text on a busy machine (int8 sums are exact on any number of threads; tests/test_sample.py)."""
 
     def __init__(
         self,
@@ -135,6 +144,7 @@ class Sampler:
         tokenizer: Tokenizer,
         device: torch.device | str = "cpu",
         precision: str = "auto",
+        share_cores: bool = True,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -144,6 +154,31 @@ class Sampler:
         start = tokenizer.encode("\n")
         self._start_id = int(start[-1]) if len(start) else 0
         self.max_token_chars = max(1, max(len(b.decode("utf-8", "replace")) for b in tokenizer.token_bytes))
+        most = torch.get_num_threads()
+        shared = share_cores and self.device.type == "cpu" and most > 1
+        self.fair = FairThreads(most, every=LOOK_EVERY) if shared else None
+        self.fewest_threads: int | None = None  # the fewest the load has left to the steps
+        if self.fair is not None:
+            self.fair.update(time.monotonic())  # the first look: the next one measures from here
+
+    def threads_for(self, kernel_threads: int) -> int:
+        """The threads to run the next steps on: the kernel's, fewer while other processes keep
+        cores busy."""
+        if self.fair is None:
+            return kernel_threads
+        free = self.fair.update(time.monotonic())
+        self.fewest_threads = min(free, self.fewest_threads or free)
+        return min(kernel_threads, free)
+
+    def load_note(self) -> str | None:
+        """What other processes' load did to the thread count, if anything (for --verbose, /info)."""
+        if self.fair is None or self.fewest_threads is None or self.fewest_threads >= self.fair.most:
+            return None
+        plural = "s" if self.fewest_threads > 1 else ""
+        return (
+            f"other processes kept {self.fair.others:.1f} of the CPUs busy at the last look: "
+            f"sampling was left as few as {self.fewest_threads} thread{plural}"
+        )
 
     def stepper_for(self, streams: int) -> Stepper:
         """The step for a batch of `streams` streams, built on first use."""

@@ -106,10 +106,14 @@ class Session:
                 raise CommandError(f"cannot write {value}: {err.strerror or err}") from None
             return f"saved {len(text):,} characters to {value}"
         if name == "info":
-            return f"{self.title}\n{self.settings()}\n" + (
+            lines = [
+                self.title,
+                self.settings(),
                 f"the model has read {self.context_chars:,} characters since the last reset; "
-                f"the session text is {len(self.text):,} characters"
-            )
+                f"the session text is {len(self.text):,} characters",
+                self.sampler.load_note(),
+            ]
+            return "\n".join(line for line in lines if line)
         if name == "help":
             return HELP
         raise ValueError(f"Session.apply cannot handle {command}")

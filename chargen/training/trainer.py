@@ -162,7 +162,8 @@ class Trainer(TrainingLoop):
             self.best_weights = copy.deepcopy(self.model.state_dict())
 
     def _sample(self) -> str:
-        sampler = Sampler(self.model, self.tokenizer, self.device)
+        # The training loop's thread count already follows the load.
+        sampler = Sampler(self.model, self.tokenizer, self.device, share_cores=False)
         config = SampleConfig(length=self.config.sample_chars, temperature=0.8, seed=self.progress.step)
         text = sampler.generate([""], config)[0]
         self.model.train()
