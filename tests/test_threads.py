@@ -259,6 +259,32 @@ def test_sampling_moves_to_one_thread_beside_a_busy_process_and_writes_the_same_
     assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout) > 40000
 
 
+@needs_two_cpus
+def test_a_kernel_measured_beside_a_busy_process_is_used_but_not_remembered(
+    spinner: subprocess.Popen[bytes],
+) -> None:
+    """A busy moment's choice would stick to every later run; measured again once the cores are
+    free, it is remembered."""
+    import torch
+
+    from chargen.config import ModelConfig
+    from chargen.generation.kernels import CACHE_NAME, choose_kernel
+    from chargen.model import CharLM
+    from chargen.paths import user_data_dir
+
+    cpus = set(sorted(os.sched_getaffinity(0))[:2])
+    os.sched_setaffinity(spinner.pid, cpus)
+    model = CharLM(ModelConfig(12, layers=2, hidden=384, embed=16, dropout=0.0)).eval()  # ~0.4 s to measure
+    busy = choose_kernel(model, torch.device("cpu"))
+    assert busy.how.startswith("measured while other processes kept") and busy.how.endswith("not remembered")
+    assert not (user_data_dir() / CACHE_NAME).exists()
+    spinner.kill()
+    spinner.wait()
+    quiet = choose_kernel(model, torch.device("cpu"))
+    assert quiet.how == "measured" and (user_data_dir() / CACHE_NAME).is_file()
+    assert choose_kernel(model, torch.device("cpu")).how == "cached"
+
+
 def test_a_sampler_runs_on_the_cores_others_leave_free(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from chargen.checkpoint import load_model
     from chargen.generation.sampler import Sampler

@@ -6,7 +6,9 @@ Xeon with AMX, where fbgemm's prepacked int8 product is much faster; and the bes
 stream is not the best for 64. So `auto` times each usable product (chargen.generation.products)
 for a moment, for one stream and for a batch, and keeps the answer in the user data folder, keyed
 by the CPU model, the torch version, the thread count and the model's shapes. The file is only a
-memo: safe to delete, and ignored (then rewritten) when unreadable.
+memo: safe to delete, and ignored (then rewritten) when unreadable. A measurement taken while
+other processes keep the cores busy is used but not remembered: it would fix a busy moment's
+choice (one thread, say) for every later run.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from chargen.atomic import replacing
 from chargen.generation.inference import make_stepper, resolve_precision, step_precisions
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
+from chargen.threads import FairThreads
 
 CACHE_NAME = "kernels.json"
 BATCHES = (1, 64)  # stream counts measured; a run uses the choice for the nearest one
 _TRIAL_STEPS = {1: 100, 64: 20}  # steps per timing: well under a second for every choice
 _TRIALS = 2  # alternating, best of: other processes share the machine
+BUSY = 0.5  # CPUs kept busy by others during a measurement above which it is not remembered
+_JUDGED = 0.2  # seconds: a shorter measurement is too brief for /proc/stat's 10 ms ticks
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class Kernel:
 @dataclass(frozen=True)
 class KernelChoice:
     kernels: dict[int, Kernel]  # per measured stream count
-    how: str  # requested, only choice, measured or cached
+    how: str  # requested, only choice, measured (remembered or, on a busy machine, not) or cached
     speeds: dict[int, dict[str, float]] = field(default_factory=dict)  # steps/s per stream count, kernel label
 
     def nearest(self, streams: int) -> int:
@@ -123,8 +128,15 @@ def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") 
     known = _parse(entries.get(key), options)
     if known is not None:
         return KernelChoice(known[0], "cached", known[1])
+    load, start = FairThreads(threads, every=0.0), time.monotonic()
+    load.update(start)
     speeds = {batch: measure(model, device, options, batch) for batch in BATCHES}
     best = {batch: next(k for k in options if k.label == max(s, key=s.__getitem__)) for batch, s in speeds.items()}
+    now = time.monotonic()
+    load.update(now)
+    if now - start >= _JUDGED and load.others > BUSY:
+        busy = f"measured while other processes kept {load.others:.1f} CPUs busy: not remembered"
+        return KernelChoice(best, busy, speeds)
     entries[key] = {
         "kernels": {str(b): {"precision": best[b].precision, "threads": best[b].threads} for b in BATCHES},
         "speeds": {str(b): speeds[b] for b in BATCHES},
