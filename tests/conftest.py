@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from chargen.generation.inference import precision_usable
+
 # One intra-op thread: with two cores and other processes busy, torch's default of two threads
 # can run many times slower. Subprocesses inherit the environment variable.
 os.environ["OMP_NUM_THREADS"] = "1"
@@ -28,6 +30,14 @@ Hath in the Ram his halve cours yronne,
 And smale foweles maken melodye,
 That slepen al the nyght with open ye
 """
+
+
+def needs_precision(precision: str) -> None:
+    """Skip where the sampling step in `precision` does not run (tests/test_fused.py checks that
+    the native step is there wherever it should be)."""
+    if not precision_usable(precision):
+        pytest.skip(f"the {precision} step does not run on this machine")
+
 
 CHINESE = "床前明月光，疑是地上霜。举头望明月，低头思故乡。\n春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n"
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from chargen.config import ModelConfig
-from chargen.generation.inference import make_stepper, step_precisions
+from chargen.generation.inference import PRECISIONS, make_stepper, step_precisions
 from chargen.generation.kernels import BATCHES, CACHE_NAME, Kernel, KernelChoice, cache_key, choose_kernel, cpu_model
-from chargen.generation.products import KINDS
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
+
+from .conftest import needs_precision
 
 CPU = torch.device("cpu")
 FP32 = {"precision": "fp32", "threads": 1}
@@ -78,14 +79,9 @@ def test_a_cached_choice_for_other_shapes_does_not_apply(model: CharLM) -> None:
     assert choose_kernel(wider, CPU).how == "measured"
 
 
-def usable(precision: str) -> None:
-    if not KINDS[precision].usable():
-        pytest.skip(f"the {precision} step does not run on this machine")
-
-
-@pytest.mark.parametrize("precision", list(KINDS))
+@pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_a_requested_precision_overrides_the_measurement(model: CharLM, precision: str) -> None:
-    usable(precision)
+    needs_precision(precision)
     choice = choose_kernel(model, CPU, precision)
     assert choice.how == "requested"
     assert choice.for_batch(1) == choice.for_batch(64) == Kernel(precision, torch.get_num_threads())
@@ -110,28 +106,28 @@ def test_fp32_steps_give_the_models_tokens(model: CharLM) -> None:
             assert torch.equal(logits.argmax(-1), expected[:, t].argmax(-1))
 
 
-@pytest.mark.parametrize("precision", [p for p in KINDS if p != "fp32"])
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
 @pytest.mark.parametrize("streams", [1, 4])
 def test_reduced_precision_steps_give_the_models_distribution(model: CharLM, precision: str, streams: int) -> None:
     """int8 or bf16 weights move each next-token distribution by little (total variation) from the
     model's own, for one stream and for a batch."""
-    usable(precision)
+    needs_precision(precision)
     tokens = torch.randint(12, (streams, 50))
     stepper = make_stepper(model, CPU, precision, streams)
     with torch.no_grad():
-        expected = model(tokens)[0].softmax(dim=-1)  # (4, 50, V)
-        inner = stepper.enter(model.initial_state(4))
+        expected = model(tokens)[0].softmax(dim=-1)  # (streams, 50, V)
+        inner = stepper.enter(model.initial_state(streams))
         for t in range(tokens.shape[1]):
             logits, inner = stepper.step(tokens[:, t], inner)
             distance = (logits.softmax(dim=-1) - expected[:, t]).abs().sum(dim=-1) / 2
             assert float(distance.max()) < 0.02
 
 
-@pytest.mark.parametrize("precision", [p for p in KINDS if p != "fp32"])
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
 def test_a_stream_gets_the_same_distribution_alone_or_in_a_batch(model: CharLM, precision: str) -> None:
     """The int8 input scale is fixed, not taken from the batch: a stream's numbers do not depend
     on the other streams."""
-    usable(precision)
+    needs_precision(precision)
     tokens = torch.randint(12, (5, 30))
     alone, batch = make_stepper(model, CPU, precision, 1), make_stepper(model, CPU, precision, 5)
     with torch.no_grad():

@@ -15,15 +15,14 @@ from chargen.checkpoint import build_model, load_checkpoint, save_checkpoint
 from chargen.config import ADAPTIVE_ABOVE, ModelConfig, SampleConfig, resolve_output
 from chargen.data.tokenizers import CharTokenizer
 from chargen.errors import CheckpointError, ConfigError
-from chargen.generation.inference import LSTMStepper
-from chargen.generation.products import KINDS
+from chargen.generation.inference import PRECISIONS, make_stepper
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
 from chargen.output import AdaptiveSoftmax, adaptive_cutoffs, padded_rows
 from chargen.repl.session import Session
 from chargen.training.run import TrainRequest, prepare
 
-from .conftest import CHINESE
+from .conftest import CHINESE, needs_precision
 
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"  # 40 characters + the unknown id
 
@@ -122,12 +121,11 @@ def test_scores_are_log_probabilities_up_to_a_constant_and_nll_agrees(output: st
         torch.testing.assert_close(model.head.scores(hidden).double(), exact, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("precision", list(KINDS))
+@pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_fast_steps_give_the_models_own_adaptive_distribution(precision: str) -> None:
-    if not KINDS[precision].usable():
-        pytest.skip(f"the {precision} step does not run on this machine")
+    needs_precision(precision)
     model = scrambled_adaptive()
-    stepper = LSTMStepper(model, torch.device("cpu"), precision)
+    stepper = make_stepper(model, torch.device("cpu"), precision, 8)
     tokens = torch.randint(0, 41, (8, 6))
     state = model.initial_state(8)
     inner = stepper.enter(state)

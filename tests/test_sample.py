@@ -17,11 +17,12 @@ from chargen.checkpoint import load_model
 from chargen.config import ModelConfig, SampleConfig
 from chargen.data.tokenizers import CharTokenizer
 from chargen.generation.draw import choose, filter_logits
-from chargen.generation.inference import make_stepper, step_precisions
+from chargen.generation.inference import PRECISIONS, make_stepper, step_precisions
 from chargen.generation.kernels import torch_threads
-from chargen.generation.products import KINDS
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
+
+from .conftest import needs_precision
 
 PRIMES = ["Whan that", "", "The droghte of March", "Whan that"]  # mixed lengths, a repeat, an empty one
 
@@ -31,14 +32,9 @@ def loaded(tiny_checkpoint: Path):
     return load_model(tiny_checkpoint)
 
 
-def usable(precision: str) -> None:
-    if not KINDS[precision].usable():
-        pytest.skip(f"the {precision} step does not run on this machine")
-
-
-@pytest.fixture(scope="module", params=list(KINDS))
+@pytest.fixture(scope="module", params=list(PRECISIONS))
 def sampler(request: pytest.FixtureRequest, loaded) -> Sampler:
-    usable(request.param)
+    needs_precision(request.param)
     return Sampler(loaded.model, loaded.tokenizer, precision=request.param)
 
 
@@ -237,21 +233,21 @@ def bits_per_char(sampler: Sampler, text: str) -> float:
     return nats / math.log(2) / (len(ids) - 1)
 
 
-@pytest.mark.parametrize("precision", [p for p in KINDS if p != "fp32"])
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
 def test_reduced_precision_keeps_the_models_quality(loaded, english_text: str, precision: str) -> None:
-    usable(precision)
+    needs_precision(precision)
     text = english_text[:600]
     fp32 = bits_per_char(Sampler(loaded.model, loaded.tokenizer, precision="fp32"), text)
     reduced = bits_per_char(Sampler(loaded.model, loaded.tokenizer, precision=precision), text)
     assert abs(reduced - fp32) < 0.01 * fp32
 
 
-@pytest.mark.parametrize("precision", ["int8", "int8-fbgemm"])
+@pytest.mark.parametrize("precision", ["int8", "int8-fbgemm", "int8-fused"])
 def test_an_int8_step_gives_the_same_text_on_one_thread_or_two(precision: str) -> None:
     """A sampler on a busy machine moves to fewer threads mid-run (chargen.threads.FairThreads):
     the text of a seed must not change with them. A 2×256 model, big enough that the products
     are split among threads."""
-    usable(precision)
+    needs_precision(precision)
     tokenizer = CharTokenizer.train(PRIMES[0] + PRIMES[2] + "\n")
     torch.manual_seed(0)
     model = CharLM(ModelConfig(tokenizer.vocab_size, layers=2, hidden=256))

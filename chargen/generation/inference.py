@@ -9,7 +9,9 @@ the weights once per step, not arithmetic. The fast LSTM step therefore
   weights, in whichever precision and library `precision` names (chargen.generation.products);
 - uses one sigmoid for all four gates and none of torch's tanh (several times slower on the
   CPU), through tanh(x) = 2 sigmoid(2x) - 1, with the factors folded into weights and state.
-GRU and RNN models use the model's own forward, one token at a time.
+GRU and RNN models use the model's own forward, one token at a time. Where the native step is
+built and the CPU has the instructions, `int8-fused` runs a whole LSTM step in one call
+(chargen.generation.fused).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from chargen.errors import ConfigError
+from chargen.generation import fused
 from chargen.generation.products import KINDS
 from chargen.model import CharLM, State
 
 _TABLE_LIMIT = 1 << 26  # floats; above this (huge vocabularies) layer 0 is computed, not looked up
+PRECISIONS = (*KINDS, fused.PRECISION)
 
 
 class Stepper(Protocol):
@@ -41,16 +45,22 @@ class Stepper(Protocol):
 
 def step_precisions(model: CharLM, device: torch.device) -> list[str]:
     """The precisions this model's step can run in here: every usable product for an LSTM on the
-    CPU (elsewhere the libraries behind int8 and packed bf16 do not run), fp32 otherwise."""
+    CPU (elsewhere the libraries behind int8 and packed bf16 do not run) and the native step
+    where it runs, fp32 otherwise."""
     if model.config.cell != "lstm" or device.type != "cpu":
         return ["fp32"]
-    return [name for name, kind in KINDS.items() if kind.usable()]
+    return [name for name in PRECISIONS if precision_usable(name)]
+
+
+def precision_usable(name: str) -> bool:
+    """Whether the LSTM step in `name` runs on this machine's CPU and torch build."""
+    return fused.available() if name == fused.PRECISION else KINDS[name].usable()
 
 
 def resolve_precision(precision: str, model: CharLM, device: torch.device) -> str:
     """'auto' is the first usable product after fp32 (int8 where it runs); the others are checked."""
-    if precision != "auto" and precision not in KINDS:
-        raise ConfigError(f"--precision must be auto or one of {', '.join(KINDS)}, got {precision!r}")
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
     usable = step_precisions(model, device)
     if precision == "auto":
         return usable[1] if len(usable) > 1 else usable[0]
@@ -64,6 +74,8 @@ def resolve_precision(precision: str, model: CharLM, device: torch.device) -> st
 def make_stepper(model: CharLM, device: torch.device, precision: str = "auto", batch: int = 1) -> Stepper:
     """The step in `precision`; `batch` is the number of streams expected (a layout hint)."""
     precision = resolve_precision(precision, model, device)
+    if precision == fused.PRECISION:
+        return fused.FusedLSTMStepper(model, device)
     if model.config.cell == "lstm":
         return LSTMStepper(model, device, precision, batch)
     return ModelStepper(model)
