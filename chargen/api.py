@@ -74,8 +74,8 @@ class Model:
 
 def load(path: str | Path, *, device: str = "auto", precision: str = "auto") -> Model:
     """Load a checkpoint for sampling. precision: "fp32" (the model's own tokens), "int8",
-    "int8-fbgemm" or "bf16" (LSTM on the CPU: faster, same quality within a few thousandths of
-    a bit per character) or "auto" (the fastest measured on this machine)."""
+    "int8-fbgemm", "bf16" or "int8-fused" (LSTM on the CPU: faster, same quality within a few
+    thousandths of a bit per character) or "auto" (the fastest measured on this machine)."""
     loaded = load_model(path)
     where = select_device(device)
     return Model(Sampler(loaded.model.to(where), loaded.tokenizer, where, precision), loaded.payload)

@@ -56,8 +56,9 @@ def test_a_corrupt_cache_is_ignored_and_rewritten(model: CharLM, content: bytes)
         {"kernels": {"1": {"precision": "int4", "threads": 1}, "64": FP32}, "speeds": {"1": {}, "64": {}}},
         {"kernels": {"1": {"precision": "fp32", "threads": 99}, "64": FP32}, "speeds": {"1": {}, "64": {}}},
         {"kernels": {"1": FP32, "64": FP32}, "speeds": {"1": {"fp32/1t": "fast"}, "64": {}}},
+        {"kernels": {"1": FP32, "64": FP32}, "speeds": {"1": {"fp32/1t": 1.0}, "64": {"fp32/1t": 1.0}}},
     ],
-    ids=["old format", "incomplete", "unknown precision", "too many threads", "bad speed"],
+    ids=["old format", "incomplete", "unknown precision", "too many threads", "bad speed", "a candidate unmeasured"],
 )
 def test_a_cached_entry_that_does_not_fit_is_measured_again(model: CharLM, entry: object) -> None:
     path = user_data_dir() / CACHE_NAME

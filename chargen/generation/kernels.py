@@ -2,13 +2,14 @@
 
 The fastest step is not a property of the code but of the CPU: one stream of a 2×512 LSTM
 sampled 10.5k chars/s with torch's int8 matmul on an AMD EPYC without AMX, but 4.45k on an Intel
-Xeon with AMX, where fbgemm's prepacked int8 product is much faster; and the best product for one
-stream is not the best for 64. So `auto` times each usable product (chargen.generation.products)
-for a moment, for one stream and for a batch, and keeps the answer in the user data folder, keyed
-by the CPU model, the torch version, the thread count and the model's shapes. The file is only a
-memo: safe to delete, and ignored (then rewritten) when unreadable. A measurement taken while
-other processes keep the cores busy is used but not remembered: it would fix a busy moment's
-choice (one thread, say) for every later run.
+Xeon with AMX, where fbgemm's prepacked int8 product is much faster (and chargen's native step
+faster still); and the best step for one stream is not the best for 64. So `auto` times each
+usable step (chargen.generation.inference) for a moment, for one stream and for a batch, and
+keeps the answer in the user data folder, keyed by the CPU model, the torch version, the thread
+count and the model's shapes. The file is only a memo: safe to delete, and ignored (then
+rewritten) when unreadable or when it lacks a candidate that runs now (the native step built
+since, say). A measurement taken while other processes keep the cores busy is used but not
+remembered: it would fix a busy moment's choice (one thread, say) for every later run.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") 
 
 
 def _parse(entry: object, options: list[Kernel]) -> tuple[dict[int, Kernel], dict[int, dict[str, float]]] | None:
-    """A remembered choice, if it is whole and names kernels that run here; else None."""
+    """A remembered choice, if it is whole and was made among exactly the kernels that run here;
+    else None."""
     if not isinstance(entry, dict):
         return None
     try:
@@ -159,7 +161,9 @@ def _parse(entry: object, options: list[Kernel]) -> tuple[dict[int, Kernel], dic
         speeds = {b: {str(label): float(v) for label, v in s.items()} for b, s in _per_batch(entry["speeds"]).items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    return (kernels, speeds) if all(k in options for k in kernels.values()) else None
+    labels = {k.label for k in options}
+    fits = all(k in options for k in kernels.values()) and all(set(s) == labels for s in speeds.values())
+    return (kernels, speeds) if fits else None
 
 
 def _per_batch(stored: dict[str, Any]) -> dict[int, Any]:

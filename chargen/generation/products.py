@@ -5,7 +5,8 @@ handful of streams, so which library multiplies, in which precision and from whi
 decides the speed, and the answer differs between CPUs: torch's `_int_mm` wins on an AMD EPYC
 without AMX, fbgemm's prepacked int8 product is three times faster for one stream on an Intel
 Xeon with AMX, and bf16 can win where neither int8 path exists. So each form is a `ProductKind`
-and chargen.generation.kernels measures them on the machine at hand.
+and chargen.generation.kernels measures them, and the native whole step
+(chargen.generation.fused), on the machine at hand.
 
 Every product computes x @ W.T + b in fp32, where x is the state's h stored as `h_scale * h` (and
 W was divided by h_scale). The int8 forms keep h as 127 h, round it to integers (the fixed scale
