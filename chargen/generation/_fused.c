@@ -28,6 +28,7 @@ Layouts (B streams, L layers, H hidden units, K = H for layer 0 and 2H above):
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -85,7 +86,9 @@ TARGET static inline __m512 tanh16(__m512 x) { /* 2 sigmoid(2x) - 1 */
 TARGET static inline void dot_block(const uint8_t *x, const int8_t *w, int groups, size_t gate_stride,
                                     __m512i acc[4]) {
     for (int k = 0; k < groups; k++) {
-        __m512i xk = _mm512_set1_epi32(*(const int32_t *)(x + 4 * k));
+        int32_t four; /* four inputs, broadcast to every unit */
+        memcpy(&four, x + 4 * k, 4);
+        __m512i xk = _mm512_set1_epi32(four);
         for (int g = 0; g < 4; g++)
             acc[g] = _mm512_dpbusd_epi32(acc[g], xk, _mm512_loadu_si512(w + g * gate_stride + 64 * (size_t)k));
     }
