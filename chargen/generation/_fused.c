@@ -82,15 +82,24 @@ TARGET static inline __m512 tanh16(__m512 x) { /* 2 sigmoid(2x) - 1 */
     return _mm512_fmsub_ps(two, sigmoid16(_mm512_mul_ps(two, x)), _mm512_set1_ps(1.0f));
 }
 
-/* Sums of one block's four gate rows over `groups` groups of 4 inputs. */
-TARGET static inline void dot_block(const uint8_t *x, const int8_t *w, int groups, size_t gate_stride,
-                                    __m512i acc[4]) {
+/* Sums of one block's four gate rows for S streams over `groups` groups of 4 inputs: each
+   64-byte load of weights feeds S instructions. S is a constant at every call, so the loops
+   over streams unroll into registers (4 S sums). */
+#define MAX_STREAMS 4
+TARGET static inline __attribute__((always_inline)) void dot_block(const uint8_t *const x[], int S, const int8_t *w,
+                                                                   int groups, size_t gate_stride,
+                                                                   __m512i acc[][4]) {
     for (int k = 0; k < groups; k++) {
-        int32_t four; /* four inputs, broadcast to every unit */
-        memcpy(&four, x + 4 * k, 4);
-        __m512i xk = _mm512_set1_epi32(four);
-        for (int g = 0; g < 4; g++)
-            acc[g] = _mm512_dpbusd_epi32(acc[g], xk, _mm512_loadu_si512(w + g * gate_stride + 64 * (size_t)k));
+        __m512i xk[MAX_STREAMS];
+        for (int i = 0; i < S; i++) {
+            int32_t four; /* four inputs, broadcast to every unit */
+            memcpy(&four, x[i] + 4 * k, 4);
+            xk[i] = _mm512_set1_epi32(four);
+        }
+        for (int g = 0; g < 4; g++) {
+            __m512i wk = _mm512_loadu_si512(w + g * gate_stride + 64 * (size_t)k);
+            for (int i = 0; i < S; i++) acc[i][g] = _mm512_dpbusd_epi32(acc[i][g], xk[i], wk);
+        }
     }
 }
 
@@ -134,20 +143,26 @@ TARGET static Row row_of(const Step *st, int l, int s) {
     return r;
 }
 
-/* One stream, one block, by VNNI instructions. */
-TARGET static void vnni_block(const Step *st, int l, int blk, int s) {
+/* S streams from s on, one block, by VNNI instructions. */
+TARGET static inline __attribute__((always_inline)) void vnni_block(const Step *st, int l, int blk, int s, int S) {
     int H = st->H, K = l ? 2 * H : H;
-    Row r = row_of(st, l, s);
     size_t gate_stride = (size_t)H * K;
     const int8_t *w = st->layers[l].weight + (size_t)blk * K * BLOCK;
-    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
-                      _mm512_setzero_si512()};
-    if (r.below) { /* layers above the first read [the new h below, their own old h] */
-        dot_block(r.below, w, H / 4, gate_stride, acc);
+    Row r[MAX_STREAMS];
+    const uint8_t *below[MAX_STREAMS], *own[MAX_STREAMS];
+    __m512i acc[MAX_STREAMS][4];
+    for (int i = 0; i < S; i++) {
+        r[i] = row_of(st, l, s + i);
+        below[i] = r[i].below;
+        own[i] = r[i].own;
+        for (int g = 0; g < 4; g++) acc[i][g] = _mm512_setzero_si512();
+    }
+    if (l) { /* layers above the first read [the new h below, their own old h] */
+        dot_block(below, S, w, H / 4, gate_stride, acc);
         w += 16 * (size_t)H;
     }
-    dot_block(r.own, w, H / 4, gate_stride, acc);
-    finish_block(&st->layers[l], blk, H, acc, r.pre, r.h, r.c, r.q);
+    dot_block(own, S, w, H / 4, gate_stride, acc);
+    for (int i = 0; i < S; i++) finish_block(&st->layers[l], blk, H, acc[i], r[i].pre, r[i].h, r[i].c, r[i].q);
 }
 
 /* 16 to 64 streams (whole groups of 16), one block, by AMX tiles: tiles 0-3 hold a gate's sums
@@ -222,7 +237,8 @@ TARGET static void run_step(const Step *st, int threads, int tiles) {
                         finish_block(&st->layers[l], blk, st->H, acc, r.pre, r.h, r.c, r.q);
                     }
                 }
-                for (; s < st->B; s++) vnni_block(st, l, blk, s);
+                for (; st->B - s >= MAX_STREAMS; s += MAX_STREAMS) vnni_block(st, l, blk, s, MAX_STREAMS);
+                for (; s < st->B; s++) vnni_block(st, l, blk, s, 1);
             }
 #pragma omp barrier
         }
