@@ -4,7 +4,9 @@ Why in C: a step of one stream is ~40 small torch operations at 1-4 us each, and
 (3 MB in int8 for 2x512) are read from L3 at every step because torch's products spread each
 layer over the threads anew. Here each thread owns the same hidden units at every step, so its
 share of the weights (1.5 MB of 3 MB on two threads) stays in its core's L2, and a layer's
-product, gates and cell update run in one pass with no temporary tensors.
+product, gates and cell update run in one pass with no temporary tensors. Streams go through AMX
+tiles in whole groups of 16 where the CPU and the kernel allow them, else through VNNI four at a
+time (each load of weights feeds four streams), and the rest one at a time.
 
 The arithmetic is that of chargen's other int8 steps: h is kept as round(127 h), weights are
 quantised per output row, the integer sums are exact (AVX512-VNNI: unsigned 8-bit inputs
@@ -13,7 +15,8 @@ do not depend on the number of threads or on the other streams.
 
 Layouts (B streams, L layers, H hidden units, K = H for layer 0 and 2H above):
   weight  int8  (4, H/16, K/4, 16, 4): gate (nn.LSTM order i, f, g, o), block of 16 units,
-                group of 4 inputs, unit, input: one 64-byte load feeds one VNNI instruction
+                group of 4 inputs, unit, input: a 64-byte row feeds one VNNI instruction per
+                stream, and 16 rows are one AMX weight tile
   offset  int32 (4H,)  128 * row sum of the int8 weight
   scale   float (4H,)  the row's quantisation scale
   bias    float (4H,)  zero for layer 0, whose bias is in `pre0`
