@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from chargen.config import ModelConfig
 from chargen.generation import fused
-from chargen.generation.inference import make_stepper
+from chargen.generation.inference import Stepper, make_stepper
 from chargen.generation.kernels import torch_threads
-from chargen.model import CharLM
+from chargen.model import CharLM, State
 
 from .conftest import needs_precision
 
@@ -32,6 +33,19 @@ def lstm(layers: int, hidden: int, vocab: int = 23) -> CharLM:
     return CharLM(ModelConfig(vocab, layers=layers, hidden=hidden, embed=8, dropout=0.0)).eval()
 
 
+def step_together(model: CharLM, steppers: list[Stepper], tokens: Tensor) -> tuple[list[list[Tensor]], list[State]]:
+    """Each stepper over the same tokens (B, T) from the initial state: its scores at every step,
+    and its state at the end."""
+    inners = [stepper.enter(model.initial_state(len(tokens))) for stepper in steppers]
+    scores: list[list[Tensor]] = [[] for _ in steppers]
+    with torch.no_grad():
+        for t in range(tokens.shape[1]):
+            for i, stepper in enumerate(steppers):
+                out, inners[i] = stepper.step(tokens[:, t], inners[i])
+                scores[i].append(out.clone())
+    return scores, [stepper.leave(inner) for stepper, inner in zip(steppers, inners)]
+
+
 @pytest.mark.skipif(not os.environ.get("CI"), reason="CI installs with a C compiler; elsewhere it may be absent")
 def test_the_native_step_is_built_and_runs_where_the_cpu_has_vnni() -> None:
     """CI must not pass by skipping every test of the native step."""
@@ -48,18 +62,11 @@ def test_the_native_step_computes_the_int8_steps_numbers(layers: int, hidden: in
     whose integer products are exact too, up to float rounding."""
     needs_precision(fused.PRECISION)
     model = lstm(layers, hidden)
-    native, reference = make_stepper(model, CPU, fused.PRECISION), make_stepper(model, CPU, "int8", streams)
-    tokens = torch.randint(23, (streams, 40))
-    with torch.no_grad():
-        inner, ref_inner = native.enter(model.initial_state(streams)), reference.enter(model.initial_state(streams))
-        for t in range(tokens.shape[1]):
-            scores, inner = native.step(tokens[:, t], inner)
-            expected, ref_inner = reference.step(tokens[:, t], ref_inner)
-            torch.testing.assert_close(scores.softmax(-1), expected.softmax(-1), atol=2e-3, rtol=0)
-        h, c = native.leave(inner)
-        ref_h, ref_c = reference.leave(ref_inner)
-    torch.testing.assert_close(h, ref_h, atol=1e-2, rtol=0)
-    torch.testing.assert_close(c, ref_c, atol=1e-2, rtol=0)
+    steppers = [make_stepper(model, CPU, fused.PRECISION), make_stepper(model, CPU, "int8", streams)]
+    (native, reference), (state, ref_state) = step_together(model, steppers, torch.randint(23, (streams, 40)))
+    for scores, expected in zip(native, reference):
+        torch.testing.assert_close(scores.softmax(-1), expected.softmax(-1), atol=2e-3, rtol=0)
+    torch.testing.assert_close(state, ref_state, atol=1e-2, rtol=0)
 
 
 def test_entering_and_leaving_keeps_the_state() -> None:
@@ -79,14 +86,9 @@ def test_amx_tiles_give_the_same_numbers_as_vnni(streams: int) -> None:
     if not fused.tiles_available():
         pytest.skip("no AMX tiles here")
     model = lstm(2, 64, vocab=40)
-    tiles, vnni = fused.FusedLSTMStepper(model, CPU, tiles=True), fused.FusedLSTMStepper(model, CPU, tiles=False)
-    tokens = torch.randint(40, (streams, 12))
-    with torch.no_grad():
-        a, b = tiles.enter(model.initial_state(streams)), vnni.enter(model.initial_state(streams))
-        for t in range(tokens.shape[1]):
-            from_tiles, a = tiles.step(tokens[:, t], a)
-            from_vnni, b = vnni.step(tokens[:, t], b)
-            assert torch.equal(from_tiles, from_vnni)
+    steppers = [fused.FusedLSTMStepper(model, CPU, tiles=tiles) for tiles in (True, False)]
+    (from_tiles, from_vnni), _ = step_together(model, steppers, torch.randint(40, (streams, 12)))
+    assert all(torch.equal(a, b) for a, b in zip(from_tiles, from_vnni))
 
 
 @pytest.mark.parametrize("streams", [1, 20])
@@ -97,13 +99,11 @@ def test_the_number_of_threads_does_not_change_the_numbers(streams: int) -> None
     model = lstm(2, 64)
     stepper = make_stepper(model, CPU, fused.PRECISION)
     tokens = torch.randint(23, (streams, 20))
-    scores = {}
+    runs = []
     for threads in (1, 2):
-        with torch_threads(threads), torch.no_grad():
-            inner = stepper.enter(model.initial_state(streams))
-            for t in range(tokens.shape[1]):
-                scores[threads], inner = stepper.step(tokens[:, t], inner)
-    assert torch.equal(scores[1], scores[2])
+        with torch_threads(threads):
+            runs.append(step_together(model, [stepper], tokens)[0][0])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def test_tokens_for_another_number_of_streams_are_refused() -> None:
