@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from chargen.config import ModelConfig
+from chargen.generation import products
 from chargen.generation.inference import PRECISIONS, make_stepper, step_precisions
 from chargen.generation.kernels import BATCHES, CACHE_NAME, Kernel, KernelChoice, cache_key, choose_kernel, cpu_model
 from chargen.model import CharLM
@@ -156,3 +157,16 @@ def test_the_cpu_is_named_with_its_family_and_model_numbers(tmp_path: Path) -> N
     assert cpu_model(cpuinfo) == "AMD EPYC (family 26, model 2)"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n", encoding="utf-8")
     assert cpu_model(cpuinfo) == "Some CPU"
+
+
+@pytest.mark.parametrize("limit", [1 << 26, 0], ids=["looked up", "computed"])
+def test_the_first_layers_input_gates_are_embedding_times_weights_plus_bias(
+    monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """Small vocabularies look the gates up in a table; huge ones (past the table's size limit)
+    compute them at each step: the same numbers either way."""
+    monkeypatch.setattr(products, "_TABLE_LIMIT", limit)
+    embed, weight, bias = torch.randn(30, 8), torch.randn(12, 8), torch.randn(12)
+    tokens = torch.tensor([0, 29, 7, 7])
+    expected = embed[tokens] @ weight.t() + bias
+    torch.testing.assert_close(products.InputGates(embed, weight, bias)(tokens), expected)

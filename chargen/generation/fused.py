@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chargen.generation.products import INT8_H_SCALE, quantize_rows
+from chargen.generation.products import INT8_H_SCALE, InputGates, quantize_rows
 from chargen.model import CharLM, State
 
 PRECISION = "int8-fused"
@@ -83,12 +83,8 @@ class FusedLSTMStepper:
         rnn = {name: p.detach().float().cpu() for name, p in model.rnn.named_parameters()}
         with torch.no_grad():
             embed = model.embed.weight.detach().float().cpu()
-            self._embed = embed
-            self._w_ih0_t = _pad_gates(rnn["weight_ih_l0"], H, P).t().contiguous()  # (E, 4P)
-            self._bias0 = _pad_gates(rnn["bias_ih_l0"] + rnn["bias_hh_l0"], H, P)
-            self._table = (
-                torch.addmm(self._bias0, embed, self._w_ih0_t) if embed.shape[0] * 4 * P <= 1 << 26 else None
-            )  # (V, 4P): layer 0's input gates as a row lookup
+            bias0 = _pad_gates(rnn["bias_ih_l0"] + rnn["bias_hh_l0"], H, P)
+            self._input_gates = InputGates(embed, _pad_gates(rnn["weight_ih_l0"], H, P), bias0)  # tokens -> (B, 4P)
             self._keep: list[Tensor] = []  # the buffers whose addresses the native step holds
             addresses = []
             for layer in range(self.layers):
@@ -113,11 +109,6 @@ class FusedLSTMStepper:
     def leave(self, inner: list[Tensor]) -> State:
         hc = inner[0].transpose(0, 1)[..., : self.hidden]  # (L, B, 2, H)
         return hc[:, :, 0].contiguous(), hc[:, :, 1].contiguous()
-
-    def _input_gates(self, tokens: Tensor) -> Tensor:
-        if self._table is not None:
-            return F.embedding(tokens, self._table)  # (B, 4H)
-        return torch.addmm(self._bias0, F.embedding(tokens, self._embed), self._w_ih0_t)
 
     def step(self, tokens: Tensor, inner: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """tokens (B,) -> next-token scores (B, V) and the new state (hc updated in place)."""

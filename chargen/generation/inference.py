@@ -19,15 +19,13 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from chargen.errors import ConfigError
 from chargen.generation import fused
-from chargen.generation.products import KINDS
+from chargen.generation.products import KINDS, InputGates
 from chargen.model import CharLM, State
 
-_TABLE_LIMIT = 1 << 26  # floats; above this (huge vocabularies) layer 0 is computed, not looked up
 PRECISIONS = (*KINDS, fused.PRECISION)
 
 
@@ -132,11 +130,7 @@ class LSTMStepper:
             w_ih0 = _lstm_gates(rnn["weight_ih_l0"], H)
             bias0 = _lstm_gates(rnn["bias_ih_l0"] + rnn["bias_hh_l0"], H)
             embed = param(model.embed.weight)
-            if embed.shape[0] * 4 * H <= _TABLE_LIMIT:
-                self._table: Tensor | None = torch.addmm(bias0, embed, w_ih0.t())  # (V, 4H)
-            else:
-                self._table = None
-                self._embed, self._w_ih0_t, self._bias0 = embed, w_ih0.t().contiguous(), bias0
+            self._input_gates = InputGates(embed, w_ih0, bias0)  # tokens -> (B, 4H)
             self._products = []  # per layer: its input (B, K) -> gates (B, 4H); layer 0's input is h
             for layer in range(config.layers):
                 weight = _lstm_gates(rnn[f"weight_hh_l{layer}"], H)  # layer 0: its input part is the table
@@ -156,11 +150,6 @@ class LSTMStepper:
 
     def leave(self, inner: list[Tensor]) -> State:
         return torch.stack(inner[0::2]) / self._h_scale, torch.stack(inner[1::2]) / 2
-
-    def _input_gates(self, tokens: Tensor) -> Tensor:
-        if self._table is not None:
-            return F.embedding(tokens, self._table)  # (B, 4H): a row lookup
-        return torch.addmm(self._bias0, F.embedding(tokens, self._embed), self._w_ih0_t)
 
     def step(self, tokens: Tensor, inner: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """tokens (B,) -> next-token scores (B, V) (softmax-ready) and the new state."""

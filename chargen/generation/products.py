@@ -23,10 +23,27 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Product = Callable[[Tensor], Tensor]  # x (B, K) -> x @ W.T + b (B, N), fp32
 INT8_H_SCALE = 127.0  # int8 h = round(127 h)
+_TABLE_LIMIT = 1 << 26  # floats; above this (huge vocabularies) the input gates are computed, not looked up
+
+
+class InputGates:
+    """The first layer's input gates for a batch of tokens, (B,) -> (B, N) fp32: embedding times
+    input weights plus bias, precomputed for every token (V, N) so that a step looks up a row."""
+
+    def __init__(self, embed: Tensor, weight: Tensor, bias: Tensor) -> None:  # (V, E), (N, E), (N,)
+        self._embed, self._weight_t, self._bias = embed, weight.t().contiguous(), bias
+        fits = embed.shape[0] * len(bias) <= _TABLE_LIMIT
+        self._table = torch.addmm(bias, embed, self._weight_t) if fits else None  # (V, N)
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        if self._table is not None:
+            return F.embedding(tokens, self._table)
+        return torch.addmm(self._bias, F.embedding(tokens, self._embed), self._weight_t)
 
 
 @dataclass(frozen=True)
