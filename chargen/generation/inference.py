@@ -30,7 +30,8 @@ PRECISIONS = (*KINDS, fused.PRECISION)
 
 
 class Stepper(Protocol):
-    """Advance every stream by one token. `inner` is the stepper's own form of the state."""
+    """Advance every stream by one token. `inner` is the stepper's own form of the state; `step`
+    may update it in place (the native step does), so a state to keep goes through `leave`."""
 
     precision: str
 
