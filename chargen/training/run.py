@@ -97,7 +97,7 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None, world: Wo
     report = _reporter(callbacks)
     tokens = tokenize(corpus, split, wanted, check, callbacks.on_message, report)
     tokenizer = tokens.tokenizer
-    if request.init_from is not None:
+    if request.init_from is not None and resume_payload is None:  # a resumed fine-tune has its vocabulary
         model = adopt_vocabulary(model, base, tokenizer, callbacks)
 
     if request.val_file is not None:
