@@ -261,12 +261,12 @@ def test_a_checkpoint_from_before_the_adaptive_softmax_loads_as_full(tiny_checkp
 
 def test_a_grown_vocabulary_keeps_the_known_characters_probabilities_in_the_head(adaptive_checkpoint: Path) -> None:
     from chargen.training.events import Callbacks
-    from chargen.training.run import adopt_vocabulary, fine_tune_start, fine_tune_vocabulary
+    from chargen.training.finetune import adopt_vocabulary, base_model, fine_tune_vocabulary
 
     old = build_model(load_checkpoint(adaptive_checkpoint), adaptive_checkpoint)
-    base_model, base = fine_tune_start(adaptive_checkpoint, {}, {})
+    base_lm, base = base_model(adaptive_checkpoint, {}, {})
     tokenizer = fine_tune_vocabulary(base, CHINESE + "新字", grow=True)
-    model = adopt_vocabulary(base_model, base, tokenizer, Callbacks())
+    model = adopt_vocabulary(base_lm, base, tokenizer, Callbacks())
     assert tokenizer.vocab_size == old.tokenizer.vocab_size + 2
     assert torch.equal(model.head.rank.sort().values, torch.arange(tokenizer.vocab_size))
     hidden = torch.randn(4, 32)

@@ -145,7 +145,7 @@ def test_corpus_empty_or_blank_fails_before_any_model_is_built(
 
     monkeypatch.setattr("chargen.data.tokenized.train_tokenizer", never)
     monkeypatch.setattr("chargen.data.tokenized.CharTokenizer", never)
-    monkeypatch.setattr("chargen.training.run.CharLM", never)
+    monkeypatch.setattr("chargen.training.start.CharLM", never)
     write(workdir / "blank.txt", content)
     assert_clear_error(cli("train", "blank.txt", *TINY, "--max-steps", "1"), "blank.txt is empty (or only whitespace)")
     assert files_in(workdir) == {"blank.txt"}
