@@ -46,7 +46,7 @@ class ModelConfig:
     hidden: int = 512
     embed: int = 0  # 0 means auto: see embed_dim
     dropout: float = 0.1
-    weight_drop: float = 0.2  # of the recurrent weights, while training (chargen.dropout.layer_by_layer)
+    weight_drop: float = 0.2  # of the recurrent weights, while training (chargen.model.dropout.layer_by_layer)
     tie_weights: bool = False
     output: OutputKind = "full"  # checkpoints from before the adaptive softmax have the full one
     cutoffs: tuple[int, ...] = ()  # adaptive only: cluster boundaries in frequency rank

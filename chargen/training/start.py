@@ -18,7 +18,7 @@ from chargen.data.tokenized import Wanted, token_counts
 from chargen.data.tokenizers import Tokenizer
 from chargen.errors import CheckpointError, ConfigError
 from chargen.model import CharLM
-from chargen.output import adaptive_cutoffs
+from chargen.model.heads import adaptive_cutoffs
 from chargen.training.events import Callbacks
 from chargen.training.trainer import last_checkpoint_path
 

@@ -18,7 +18,7 @@ from chargen.errors import CheckpointError, ConfigError
 from chargen.generation.inference import PRECISIONS, make_stepper
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-from chargen.output import AdaptiveSoftmax, adaptive_cutoffs, padded_rows
+from chargen.model.heads import AdaptiveSoftmax, adaptive_cutoffs, padded_rows
 from chargen.repl.session import Session
 from chargen.training.run import TrainRequest, prepare
 
