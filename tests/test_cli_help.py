@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from chargen.config import DIST_TIMEOUT, ClassifierConfig, ModelConfig, TokenizerConfig, TrainConfig, format_duration
-from tests.conftest import chargen_command
+from tests.helpers import chargen_command
 
 SHARED = {
     "--tokenizer": TokenizerConfig().kind,

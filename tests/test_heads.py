@@ -21,8 +21,7 @@ from chargen.model import CharLM
 from chargen.model.heads import AdaptiveSoftmax, adaptive_cutoffs, padded_rows
 from chargen.repl.session import Session
 from chargen.training.run import TrainRequest, prepare
-
-from .conftest import CHINESE, needs_precision
+from tests.helpers import CHINESE, needs_precision
 
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"  # 40 characters + the unknown id
 
