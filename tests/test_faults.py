@@ -237,17 +237,7 @@ def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -
 def test_a_second_ctrl_c_during_the_save_is_ignored(tmp_path: Path, corpus_file: Path) -> None:
     out = tmp_path / "m.pt"
     started, saving = tmp_path / "started", tmp_path / "saving"
-    args = [
-        "train",
-        str(corpus_file),
-        *FAST,
-        "--max-steps",
-        "100000",
-        "--eval-every",
-        "100000",
-        "--out",
-        str(out),
-    ]
+    args = ["train", str(corpus_file), *FAST, "--max-steps", "100000", "--eval-every", "100000", "--out", str(out)]
     process = subprocess.Popen(
         [sys.executable, "-c", SLOW_SAVE, str(started), str(saving), *args],
         stdout=subprocess.DEVNULL,
