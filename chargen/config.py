@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -16,6 +16,9 @@ OutputKind = Literal["full", "adaptive"]
 Method = Literal["generative", "discriminative"]
 Pooling = Literal["last", "mean", "max", "all"]
 
+
+# Seconds a torchrun rank waits for its peers before failing (--dist-timeout).
+DIST_TIMEOUT = 300.0
 
 # Above this many tokens `--output auto` picks the adaptive softmax, which is faster there;
 # measured with benchmarks/vocab.py (README, Performance).
@@ -46,7 +49,7 @@ class ModelConfig:
     hidden: int = 512
     embed: int = 0  # 0 means auto: see embed_dim
     dropout: float = 0.1
-    weight_drop: float = 0.2  # of the recurrent weights, while training (chargen.dropout.layer_by_layer)
+    weight_drop: float = 0.2  # of the recurrent weights, while training (chargen.model.dropout.layer_by_layer)
     tie_weights: bool = False
     output: OutputKind = "full"  # checkpoints from before the adaptive softmax have the full one
     cutoffs: tuple[int, ...] = ()  # adaptive only: cluster boundaries in frequency rank
@@ -242,6 +245,20 @@ def parse_duration(text: str) -> float:
         raise ConfigError(f"cannot read duration {text!r}: use a number with s, m or h, like 90s, 20m, 1.5h")
     unit = (match.group(2) or "s").lower()
     return float(match.group(1)) * _UNIT_SECONDS[unit]
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as --max-time and --dist-timeout take them: 600 -> '10m', 90 -> '90s'."""
+    for unit in ("h", "m"):
+        if seconds and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds / _UNIT_SECONDS[unit]:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def default(cls: type, name: str) -> Any:
+    """A config field's default, for --help: each default is set once, in its dataclass."""
+    (found,) = (f for f in fields(cls) if f.name == name)
+    return found.default_factory() if found.default is MISSING else found.default  # type: ignore[misc]
 
 
 def to_dict(config: Any) -> dict[str, Any]:

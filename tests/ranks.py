@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY = (
-    "--layers 1 --hidden 32 --embed 16 --dropout 0 --weight-drop 0 --seq-len 32 --seed 3 --threads 1 --precision fp32"
+from tests.helpers import tiny_flags
+
+# The tiny model for ranks: no dropout (ranks would each draw their own masks), a fixed seed.
+TINY = " ".join(tiny_flags(embed=16, dropout=0, weight_drop=0, seed=3, precision="fp32", batch_size=None))
+# The same for a fine-tune (--init-from): the shape and tokenizer come from the base, the vocabulary may grow.
+FINE_TUNE = " ".join(
+    ["--grow-vocab", *tiny_flags(dropout=0, weight_drop=0, seed=3, precision="fp32", layers=None, hidden=None)]
 )
+
 WORDS = [
     "the",
     "quick",

@@ -19,24 +19,7 @@ from chargen.data.tokenizers import CharTokenizer
 from chargen.errors import CheckpointError, CorpusError
 from chargen.training.events import Callbacks, ClassifierEvalEvent
 from chargen.training.trainer import Interrupted
-
-from .conftest import latin_and_cyrillic
-
-TINY_MODEL = {"layers": 1, "hidden": 32, "dropout": 0.0}
-
-
-def tiny_train(**overrides: Any) -> dict[str, Any]:
-    options = {
-        "batch_size": 8,
-        "seq_len": 32,
-        "max_steps": 40,
-        "max_time": 0,
-        "eval_every": 20,
-        "warmup_steps": 5,
-        "lr": 1e-2,
-        "precision": "fp32",
-    }
-    return {**options, **overrides}
+from tests.helpers import TINY_MODEL, latin_and_cyrillic, tiny_train
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +47,7 @@ def train_classifier(data: Path, out: Path, method: str, callbacks: Callbacks | 
         out=out,
         classifier={"method": method, "test_frac": 0.2, **options.pop("classifier", {})},
         model=TINY_MODEL,
-        train=tiny_train(**options),
+        train=tiny_train(**{"lr": 1e-2, **options}),
     )
     return fit(request, callbacks)
 
@@ -143,7 +126,7 @@ def test_init_from_a_language_model_grows_its_vocabulary(
         data=labelled_file,
         out=tmp_path / "m.clf",
         classifier={"method": "discriminative", "pretrain_frac": 0},
-        train=tiny_train(),
+        train=tiny_train(lr=1e-2),
         init_from=tiny_checkpoint,
     )
     fitted = fit(request)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from tests.conftest import chargen_command
+from tests.helpers import chargen_command
 
 ESCAPE = "\x1b["
 

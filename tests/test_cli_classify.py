@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import chargen_command, latin_and_cyrillic
+from tests.helpers import chargen_command, latin_and_cyrillic, tiny_flags
 
-TINY = ["--layers", "1", "--hidden", "32", "--batch-size", "8", "--seq-len", "32", "--threads", "1"]
+TINY = tiny_flags()
 BUDGET = ["--max-steps", "40", "--eval-every", "20", "--lr", "0.01", "--precision", "fp32"]
 
 

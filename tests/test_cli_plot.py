@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import chargen_command
+from tests.helpers import chargen_command
 
 pytest.importorskip("matplotlib", reason='the plot extra is not installed (pip install "chargen[plot]")')
 

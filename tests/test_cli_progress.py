@@ -13,10 +13,7 @@ import pexpect
 from rich.console import Console
 
 from chargen.cli.progress import PLAIN_EVERY, WorkProgress
-
-from .conftest import ENGLISH, chargen_command
-from .test_faults import big_corpus
-from .test_reliability import TINY
+from tests.helpers import ENGLISH, FAST, big_corpus, chargen_command
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -40,13 +37,13 @@ def in_a_pipe(*args: object, home: Path) -> subprocess.CompletedProcess[str]:
 
 def test_encoding_a_big_corpus_shows_a_bar_with_mb_per_second_and_time_left(tmp_path: Path) -> None:
     corpus = big_corpus(tmp_path / "big.txt", 40)
-    screen = on_a_terminal("train", corpus, *TINY, "--max-steps", "1", "--out", tmp_path / "m.pt", home=tmp_path)
+    screen = on_a_terminal("train", corpus, *FAST, "--max-steps", "1", "--out", tmp_path / "m.pt", home=tmp_path)
     assert re.search(r"encoding .*\d+ MB\s+\d+ MB/s\s+(\d+:\d\d:\d\d|-:--:--)", screen), screen[-2000:]
 
 
 def test_encoding_in_a_pipe_has_no_bar_and_quiet_prints_nothing(tmp_path: Path) -> None:
     corpus = big_corpus(tmp_path / "big.txt", 40)
-    train = ("train", corpus, *TINY, "--max-steps", "1", "--out", tmp_path / "m.pt")
+    train = ("train", corpus, *FAST, "--max-steps", "1", "--out", tmp_path / "m.pt")
     piped = in_a_pipe(*train, home=tmp_path / "piped")
     assert "\x1b[" not in piped.stdout + piped.stderr and "━" not in piped.stdout + piped.stderr
     quiet = in_a_pipe(*train, "--quiet", home=tmp_path / "quiet")

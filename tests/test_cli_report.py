@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGLISH, chargen_command
+from tests.helpers import ENGLISH, chargen_command
 
 TEXT = ENGLISH + '"Quoted words," (said one) "and more."\n' + ENGLISH
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHINESE, SHAKESPEARE, chargen_command, needs_shakespeare
+from tests.helpers import CHINESE, SHAKESPEARE, chargen_command, needs_shakespeare, tiny_flags
 
 
 def chargen(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -17,7 +17,7 @@ def chargen(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     )
 
 
-SMALL = ["--layers", "1", "--hidden", "48", "--batch-size", "8", "--seq-len", "32", "--threads", "1"]
+SMALL = tiny_flags(hidden=48)
 
 
 def metrics(path: Path) -> list[dict]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.ranks import (
+    FINE_TUNE,
     TINY,
     chargen,
     error_lines,
@@ -97,20 +98,25 @@ def test_dist_timeout_must_be_a_positive_duration(corpus: Path, tmp_path: Path) 
     assert error_lines(result.stderr) == ["Error: --dist-timeout must be more than 0 (like 90s or 5m), not '0'"]
 
 
+@pytest.mark.parametrize("way", ["new", "fine-tune"])
 def test_a_killed_rank_with_a_restart_left_resumes_from_its_checkpoint_and_finishes(
-    corpus: Path, tmp_path: Path
+    corpus: Path, tmp_path: Path, tiny_checkpoint: Path, way: str
 ) -> None:
+    """A new run, and a fine-tune of the Chaucer model (the restart resumes it: no --init-from crash)."""
     out, log = tmp_path / "m.pt", tmp_path / "log.txt"
-    args = f"{corpus} {TINY} --batch-size 8 --eval-every 10 --max-steps 150 --out {out}"
+    start_options = f"{TINY} --batch-size 8" if way == "new" else f"--init-from {tiny_checkpoint} {FINE_TUNE}"
+    args = f"{corpus} {start_options} --eval-every 10 --max-steps 150 --out {out}"
     launcher = start(torchrun(args, "--max-restarts=1"), log)
     wait_for(out.with_name("m.last.pt"), launcher)  # a checkpoint to come back to, long before step 150
     victim = rank_pid(launcher, 1)
     os.kill(victim, signal.SIGSTOP)  # the group cannot pass its next step now; then the kill
     os.kill(victim, signal.SIGKILL)
-    assert launcher.wait(timeout=60) == 0, log.read_text()
+    assert launcher.wait(timeout=90) == 0, log.read_text()
     said = log.read_text()
     resumed_at = int(said.split("resuming at step ")[1].split()[0])  # the restarted group said so
     assert 10 <= resumed_at < 150 and resumed_at % 10 == 0
     assert said.count("done: step 150") == 1
     final = load(out.with_name("m.last.pt"))
     assert final["metrics"]["step"] == final["resume"]["step"] == 150
+    if way == "fine-tune":  # the grown vocabulary, kept through the restart
+        assert final["tokenizer"] == load(out)["tokenizer"] != load(tiny_checkpoint)["tokenizer"]

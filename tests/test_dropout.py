@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from chargen.config import ModelConfig
-from chargen.dropout import dropout, effective_rate, layer_by_layer, run_stack
 from chargen.model import CharLM
+from chargen.model.dropout import dropout, effective_rate, layer_by_layer, run_stack
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

@@ -11,7 +11,7 @@ import torch
 from chargen.analysis.evaluate import EVAL_BURN_IN, EVAL_ROWS, EVAL_SEGMENT, eval_streams, total_bits
 from chargen.checkpoint import load_model
 from chargen.data.batches import EvalStreams
-from tests.conftest import SHAKESPEARE
+from tests.helpers import SHAKESPEARE, needs_shakespeare
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,7 @@ def test_long_texts_are_read_in_more_rows_of_at_least_a_segment_each(tokens: int
         assert min(last - start - warm for start, last, warm in streams.spans) >= EVAL_SEGMENT
 
 
+@needs_shakespeare
 def test_more_rows_give_the_bits_per_character_of_the_old_sixteen(tiny_checkpoint: Path) -> None:
     loaded = load_model(tiny_checkpoint)
     ids = loaded.tokenizer.encode(SHAKESPEARE.read_text(encoding="utf-8")[:300_000])

@@ -25,8 +25,7 @@ import chargen.atomic
 from chargen.checkpoint import load_checkpoint, load_model, save_checkpoint
 from chargen.cli.progress import TrainingDisplay
 from chargen.errors import CheckpointError
-
-from .test_reliability import TINY, assert_clear_error, run_cli
+from tests.helpers import FAST, assert_clear_error, big_corpus, run_cli
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -115,7 +114,7 @@ def test_full_disk_during_a_save_stops_with_one_line_and_keeps_the_checkpoint(
 
     before = after_first_evaluation(monkeypatch, disk_fills)
     out = small_disk / "m.pt"
-    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *TINY, "--max-steps", "40", "--eval-every", "5",
+    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *FAST, "--max-steps", "40", "--eval-every", "5",
                       "--out", out, "--quiet")  # fmt: skip
     assert_clear_error(outcome, "cannot write checkpoint", "No space left on device", "previous checkpoint is intact")
     assert set(before) == {"m.pt", "m.last.pt", "m.metrics.jsonl"}
@@ -136,7 +135,7 @@ def test_read_only_folder_during_a_save_stops_with_one_line_and_keeps_the_checkp
 
     before = after_first_evaluation(monkeypatch, remount_read_only)
     out = small_disk / "m.pt"
-    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *TINY, "--max-steps", "40", "--eval-every", "5",
+    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *FAST, "--max-steps", "40", "--eval-every", "5",
                       "--out", out, "--quiet")  # fmt: skip
     assert_clear_error(outcome, f"cannot write a checkpoint in {small_disk}: Read-only file system", "another --out")
     assert contents(small_disk) == before and len(before) == 3
@@ -192,7 +191,7 @@ def test_a_metrics_log_that_cannot_be_written_is_one_line(
     tmp_path: Path, corpus_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "m.metrics.jsonl").mkdir()  # the log's name taken by a folder: its append fails
-    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *TINY, "--max-steps", "5", "--out",
+    outcome = run_cli(capsys, monkeypatch, "train", corpus_file, *FAST, "--max-steps", "5", "--out",
                       tmp_path / "m.pt", "--quiet")  # fmt: skip
     assert_clear_error(outcome, "Is a directory", "m.metrics.jsonl")
     assert load_checkpoint(tmp_path / "m.last.pt")["resume"]["step"] == 5
@@ -238,7 +237,7 @@ def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -
 def test_a_second_ctrl_c_during_the_save_is_ignored(tmp_path: Path, corpus_file: Path) -> None:
     out = tmp_path / "m.pt"
     started, saving = tmp_path / "started", tmp_path / "saving"
-    args = ["train", str(corpus_file), *TINY, "--max-steps", "100000", "--eval-every", "100000", "--out", str(out)]
+    args = ["train", str(corpus_file), *FAST, "--max-steps", "100000", "--eval-every", "100000", "--out", str(out)]
     process = subprocess.Popen(
         [sys.executable, "-c", SLOW_SAVE, str(started), str(saving), *args],
         stdout=subprocess.DEVNULL,
@@ -273,14 +272,8 @@ def cache_files(home: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.is_dir() else []
 
 
-def big_corpus(path: Path, megabytes: int) -> Path:
-    line = "Whan that Aprille with his shoures soote, 床前明月光，疑是地上霜。\n"
-    path.write_text(line * (megabytes * 1_000_000 // len(line.encode())), encoding="utf-8")
-    return path
-
-
 def train_cli(corpus: Path, home: Path, **popen: Any) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "chargen", "train", str(corpus), *TINY, "--max-steps", "1", "--quiet"]
+    command = [sys.executable, "-m", "chargen", "train", str(corpus), *FAST, "--max-steps", "1", "--quiet"]
     env = {**os.environ, "CHARGEN_HOME": str(home)}
     return subprocess.Popen(command, env=env, cwd=corpus.parent, stderr=subprocess.PIPE, text=True, **popen)
 

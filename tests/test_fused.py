@@ -14,8 +14,7 @@ from chargen.generation import fused
 from chargen.generation.inference import Stepper, make_stepper
 from chargen.generation.kernels import torch_threads
 from chargen.model import CharLM, State
-
-from .conftest import needs_precision
+from tests.helpers import needs_precision
 
 CPU = torch.device("cpu")
 

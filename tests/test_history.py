@@ -14,14 +14,12 @@ from chargen.analysis.history import read_history, sparkline
 from chargen.checkpoint import load_checkpoint, save_checkpoint
 from chargen.errors import ChargenError
 from chargen.training.run import TrainRequest, prepare
-from tests.conftest import chargen_command
-
-TINY = {"batch_size": 4, "seq_len": 16, "max_time": 0, "warmup_steps": 1, "sample_chars": 0, "precision": "fp32"}
+from tests.helpers import chargen_command, tiny_model, tiny_train
 
 
 def _train(corpus: Path, out: Path, steps: int, resume: bool = False) -> None:
-    train = {**TINY, "max_steps": steps, "eval_every": 2}
-    prepare(TrainRequest(corpus, out, model={"layers": 1, "hidden": 8}, train=train, resume=resume)).run()
+    train = tiny_train(batch_size=4, seq_len=16, warmup_steps=1, max_steps=steps, eval_every=2)
+    prepare(TrainRequest(corpus, out, model=tiny_model(hidden=8, dropout=0.1), train=train, resume=resume)).run()
 
 
 def test_a_checkpoint_carries_the_same_records_as_the_metrics_log(tiny_checkpoint: Path) -> None:

@@ -14,8 +14,7 @@ from chargen.generation.inference import PRECISIONS, make_stepper, step_precisio
 from chargen.generation.kernels import BATCHES, CACHE_NAME, Kernel, KernelChoice, cache_key, choose_kernel, cpu_model
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
-
-from .conftest import needs_precision
+from tests.helpers import needs_precision
 
 CPU = torch.device("cpu")
 FP32 = {"precision": "fp32", "threads": 1}

@@ -6,8 +6,7 @@ import pytest
 from chargen.data.corpus import ReadOptions
 from chargen.data.labelled import Examples, hold_out, read_examples, require_classes
 from chargen.errors import CorpusError
-
-from .conftest import latin_and_cyrillic
+from tests.helpers import latin_and_cyrillic
 
 PAIRS = latin_and_cyrillic(per_class=6)
 

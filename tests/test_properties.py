@@ -17,8 +17,7 @@ from chargen.data.corpus import read_corpus
 from chargen.data.tokenizers import UNKNOWN, CharTokenizer, SentencePieceTokenizer, train_tokenizer
 from chargen.errors import CorpusError
 from chargen.generation.draw import choose, filter_logits
-
-from .conftest import CHINESE, ENGLISH
+from tests.helpers import CHINESE, ENGLISH
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

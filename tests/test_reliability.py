@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,49 +30,13 @@ import torch
 
 import chargen.data.tokenizers
 from chargen.checkpoint import load_checkpoint, load_model, save_checkpoint
-from chargen.cli.app import main
 from chargen.config import SampleConfig, TokenizerConfig
 from chargen.data.corpus import ReadOptions, read_corpus
 from chargen.errors import CorpusError
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
 from chargen.training.run import TrainRequest, prepare
-
-from .conftest import ENGLISH
-from .test_train import Recorder, start
-
-# A model small enough that a few steps take well under a second.
-TINY = ["--layers", "1", "--hidden", "16", "--batch-size", "4", "--seq-len", "16", "--threads", "1", "--max-time", "0"]
-RAW_MESSAGES = ("Traceback", "EOFError", "KeyError", "central directory", "enforce fail", "UnpicklingError")
-
-
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: object) -> Outcome:
-    """`chargen ARGS` in this process: quick, and monkeypatch can reach inside."""
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["chargen", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out = capsys.readouterr()
-    code = exited.value.code
-    return Outcome(code if isinstance(code, int) else (0 if code is None else 1), out.out, out.err)
-
-
-def assert_clear_error(outcome: Outcome, *fragments: str, code: int = 1) -> str:
-    """Exactly one line on stderr, starting `Error: `, naming what it must; the exit code."""
-    lines = outcome.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), outcome.stderr
-    assert not any(raw in outcome.stderr for raw in RAW_MESSAGES), outcome.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert outcome.code == code, (outcome.code, lines[0])
-    return lines[0]
+from tests.helpers import ENGLISH, FAST, Recorder, assert_clear_error, run_cli, start
 
 
 def files_in(folder: Path) -> set[str]:
@@ -103,14 +66,14 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
 
 
 def test_corpus_missing_path_is_named_and_nothing_is_left_behind(cli, workdir: Path) -> None:
-    assert_clear_error(cli("train", "diary.txt", *TINY), "diary.txt does not exist")
+    assert_clear_error(cli("train", "diary.txt", *FAST), "diary.txt does not exist")
     assert files_in(workdir) == set()
 
 
 def test_corpus_folder_without_text_files_is_named(cli, workdir: Path) -> None:
     (workdir / "photos").mkdir()
     write(workdir / "photos" / "cat.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 20)
-    assert_clear_error(cli("train", "photos", *TINY, "--max-steps", "1"), "photos holds no text files")
+    assert_clear_error(cli("train", "photos", *FAST, "--max-steps", "1"), "photos holds no text files")
     assert files_in(workdir) == {"photos", "photos/cat.png"}
 
 
@@ -131,7 +94,7 @@ def test_corpus_unreadable_file_is_named(
     monkeypatch.setattr(Path, "open", open_file)
     corpus = locked.parent if inside_a_folder else locked
     assert_clear_error(
-        cli("train", corpus, *TINY, "--max-steps", "1"), "cannot read ", "texts/locked.txt: Permission denied"
+        cli("train", corpus, *FAST, "--max-steps", "1"), "cannot read ", "texts/locked.txt: Permission denied"
     )
     assert files_in(workdir) == {"texts", "texts/locked.txt"}
 
@@ -145,26 +108,26 @@ def test_corpus_empty_or_blank_fails_before_any_model_is_built(
 
     monkeypatch.setattr("chargen.data.tokenized.train_tokenizer", never)
     monkeypatch.setattr("chargen.data.tokenized.CharTokenizer", never)
-    monkeypatch.setattr("chargen.training.run.CharLM", never)
+    monkeypatch.setattr("chargen.training.start.CharLM", never)
     write(workdir / "blank.txt", content)
-    assert_clear_error(cli("train", "blank.txt", *TINY, "--max-steps", "1"), "blank.txt is empty (or only whitespace)")
+    assert_clear_error(cli("train", "blank.txt", *FAST, "--max-steps", "1"), "blank.txt is empty (or only whitespace)")
     assert files_in(workdir) == {"blank.txt"}
 
 
 @pytest.mark.parametrize("text", ["x", "hello world\n"], ids=["one-character", "one-line"])
 def test_corpus_too_short_gives_a_minimum_that_works(cli, workdir: Path, text: str) -> None:
     write(workdir / "short.txt", text)
-    outcome = cli("train", "short.txt", *TINY, "--max-steps", "1")
+    outcome = cli("train", "short.txt", *FAST, "--max-steps", "1")
     line = assert_clear_error(outcome, "the corpus is too small", "--seq-len 16")
     minimum = int(re.search(r"needs at least (\d+) characters", line).group(1))
     assert files_in(workdir) == {"short.txt"}
     write(workdir / "short.txt", (text.strip() * minimum)[:minimum])
-    assert cli("train", "short.txt", *TINY, "--max-steps", "1", "--quiet").code == 0
+    assert cli("train", "short.txt", *FAST, "--max-steps", "1", "--quiet").code == 0
 
 
 def test_corpus_short_for_the_batch_lowers_it_with_a_visible_warning(cli, workdir: Path) -> None:
     write(workdir / "small.txt", "abcdefghij" * 20)  # 180 training characters: 11 streams of 16
-    outcome = cli("train", "small.txt", *TINY, "--batch-size", "64", "--max-steps", "2")
+    outcome = cli("train", "small.txt", *FAST, "--batch-size", "64", "--max-steps", "2")
     assert outcome.code == 0, outcome.stderr
     assert "batch size lowered from 64 to 11" in " ".join(outcome.stdout.split())
     assert load_checkpoint(workdir / "checkpoints" / "small.last.pt")["train_config"]["batch_size"] == 11
@@ -173,12 +136,12 @@ def test_corpus_short_for_the_batch_lowers_it_with_a_visible_warning(cli, workdi
 def test_corpus_invalid_utf8_gives_the_byte_offset_and_the_flag(cli, workdir: Path) -> None:
     latin1 = write(workdir / "latin1.txt", ("Ça ira, café crème. " * 40).encode("latin-1"))
     assert_clear_error(
-        cli("train", latin1, *TINY, "--max-steps", "1"),
+        cli("train", latin1, *FAST, "--max-steps", "1"),
         "latin1.txt is not valid UTF-8 (byte 0xc7 at offset 0)",
         "--replace-invalid",
     )
     assert files_in(workdir) == {"latin1.txt"}
-    outcome = cli("train", latin1, *TINY, "--replace-invalid", "--max-steps", "1", "--quiet")
+    outcome = cli("train", latin1, *FAST, "--replace-invalid", "--max-steps", "1", "--quiet")
     assert outcome.code == 0, outcome.stderr
 
 
@@ -198,9 +161,9 @@ def test_corpus_invalid_utf8_offset_counts_the_bom_and_names_the_file_in_a_folde
 def test_corpus_binary_file_is_refused_unless_forced(cli, workdir: Path) -> None:
     # An ELF made of NUL and ASCII bytes decodes as UTF-8: only the sniff catches it.
     elf = write(workdir / "program", b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00" + b"main printf puts\n" * 60)
-    assert_clear_error(cli("train", elf, *TINY, "--max-steps", "1"), "program looks binary", "--allow-binary")
+    assert_clear_error(cli("train", elf, *FAST, "--max-steps", "1"), "program looks binary", "--allow-binary")
     assert files_in(workdir) == {"program"}
-    assert cli("train", elf, *TINY, "--allow-binary", "--max-steps", "1", "--quiet").code == 0
+    assert cli("train", elf, *FAST, "--allow-binary", "--max-steps", "1", "--quiet").code == 0
 
 
 @pytest.mark.parametrize("command", ["eval", "report"])
@@ -217,7 +180,7 @@ def test_corpus_bom_is_stripped_and_line_endings_become_lf_unless_kept(cli, work
 
     def vocabulary(*flags: str) -> str:
         out = workdir / f"m{len(flags)}.pt"
-        assert cli("train", "dos.txt", *TINY, "--max-steps", "1", "--quiet", "--out", out, *flags).code == 0
+        assert cli("train", "dos.txt", *FAST, "--max-steps", "1", "--quiet", "--out", out, *flags).code == 0
         return load_model(out).tokenizer.chars
 
     normalised, kept = vocabulary(), vocabulary("--keep-crlf")
@@ -265,7 +228,15 @@ def test_sentencepiece_vocabulary_size_out_of_range_quotes_the_allowed_size(
     cli, workdir: Path, corpus_file: Path, vocab_size: str, message: str
 ) -> None:
     outcome = cli(
-        "train", corpus_file, *TINY, "--max-steps", "1", "--tokenizer", "sentencepiece", "--vocab-size", vocab_size
+        "train",
+        corpus_file,
+        *FAST,
+        "--max-steps",
+        "1",
+        "--tokenizer",
+        "sentencepiece",
+        "--vocab-size",
+        vocab_size,
     )
     assert re.search(message, assert_clear_error(outcome))
     assert files_in(workdir) == set()
@@ -279,7 +250,7 @@ def test_thousands_of_characters_and_unseen_ones_never_raise(cli, workdir: Path,
     train_text = text[: int(len(text) * 0.9)]
     unseen = set(text[len(train_text) :]) - set(train_text)
     assert unseen  # the validation tail holds characters training never saw, as real Chinese does
-    assert cli("train", "zh.txt", *TINY, "--max-steps", "2", "--quiet", "--out", "zh.pt").code == 0
+    assert cli("train", "zh.txt", *FAST, "--max-steps", "2", "--quiet", "--out", "zh.pt").code == 0
     loaded = load_model(workdir / "zh.pt")
     assert loaded.tokenizer.vocab_size > 2500 and loaded.tokenizer.encode("".join(unseen)).eq(0).all()
     write(workdir / "other.txt", "".join(sorted(unseen)) * 3 + "\n")
@@ -525,7 +496,7 @@ def test_resume_with_another_sentencepiece_vocabulary_size_is_refused(
 
 
 def test_resume_without_a_checkpoint_says_there_is_nothing_to_resume(cli, workdir: Path, corpus_file: Path) -> None:
-    outcome = cli("train", corpus_file, "--resume", *TINY)
+    outcome = cli("train", corpus_file, "--resume", *FAST)
     assert_clear_error(outcome, "nothing to resume: checkpoints/chaucer.last.pt does not exist")
     assert files_in(workdir) == set()
 
@@ -545,7 +516,7 @@ def test_diverging_run_stops_with_one_line_and_keeps_finite_checkpoints(
 
     monkeypatch.setattr(CharLM, "nll", poisoned)
     out = tmp_path / "m.pt"
-    outcome = cli("train", corpus_file, *TINY, "--max-steps", "100", "--eval-every", "5", "--out", out)
+    outcome = cli("train", corpus_file, *FAST, "--max-steps", "100", "--eval-every", "5", "--out", out)
     assert_clear_error(outcome, "training diverged: loss was not finite 5 steps in a row", "lower --lr")
     assert " ".join(outcome.stdout.split()).count("loss not finite, step skipped") == 4  # each skip is counted, visibly
     for path in (out, out.with_name("m.last.pt")):

@@ -22,9 +22,7 @@ from chargen.config import ModelConfig, SampleConfig, TokenizerConfig
 from chargen.data.tokenizers import SentencePieceTokenizer, train_tokenizer
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-
-from .conftest import ENGLISH, chargen_command
-from .test_reliability import assert_clear_error, run_cli
+from tests.helpers import ENGLISH, assert_clear_error, chargen_command, run_cli
 
 
 @pytest.fixture

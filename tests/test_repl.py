@@ -21,7 +21,7 @@ from chargen.generation.sampler import Sampler
 from chargen.paths import user_data_dir
 from chargen.repl.commands import Command, CommandError, parse_line
 from chargen.repl.session import Session
-from tests.conftest import chargen_command
+from tests.helpers import chargen_command
 
 # --- parsing -------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chargen.checkpoint import load_model
-from tests.conftest import ENGLISH, chargen_command
+from tests.helpers import ENGLISH, chargen_command
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)

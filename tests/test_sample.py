@@ -21,8 +21,7 @@ from chargen.generation.inference import PRECISIONS, make_stepper, step_precisio
 from chargen.generation.kernels import torch_threads
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-
-from .conftest import needs_precision
+from tests.helpers import needs_precision
 
 PRIMES = ["Whan that", "", "The droghte of March", "Whan that"]  # mixed lengths, a repeat, an empty one
 

@@ -11,7 +11,7 @@ import pexpect
 import pytest
 
 import chargen
-from tests.conftest import chargen_command
+from tests.helpers import chargen_command
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from chargen.checkpoint import load_model
 from chargen.config import ModelConfig, TokenizerConfig
 from chargen.data.tokenizers import train_tokenizer
 from chargen.model import CharLM
-from tests.conftest import CHINESE, ENGLISH
+from tests.helpers import CHINESE, ENGLISH
 
 
 def test_the_total_is_the_bits_per_character_eval_reports(tiny_checkpoint: Path) -> None:

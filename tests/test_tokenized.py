@@ -15,8 +15,7 @@ from chargen.data.scan import Split
 from chargen.data.tokenized import Tokenized, token_counts, tokenize
 from chargen.data.tokenizers import CharTokenizer
 from chargen.errors import CacheError
-
-from .conftest import CHINESE, ENGLISH
+from tests.helpers import CHINESE, ENGLISH
 
 TAIL = Split("tail", 0.1, 1_000_000)
 

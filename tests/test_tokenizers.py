@@ -5,8 +5,7 @@ import torch
 from chargen.config import TokenizerConfig
 from chargen.data.tokenizers import CharTokenizer, compact_dtype, tokenizer_from_state, train_tokenizer
 from chargen.errors import ConfigError
-
-from .conftest import CHINESE, ENGLISH
+from tests.helpers import CHINESE, ENGLISH
 
 
 def test_char_vocabulary_is_the_corpus_characters_plus_unknown() -> None:

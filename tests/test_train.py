@@ -1,6 +1,5 @@
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -8,54 +7,8 @@ import torch
 from chargen.checkpoint import load_checkpoint
 from chargen.config import TrainConfig
 from chargen.errors import TrainingDiverged
-from chargen.training.events import Callbacks, EvalEvent, StepEvent
-from chargen.training.run import TrainRequest, prepare
 from chargen.training.trainer import Interrupted, lr_at
-
-TINY_MODEL = {"layers": 2, "hidden": 24, "dropout": 0.1}
-
-
-def tiny_train(**overrides: Any) -> dict[str, Any]:
-    options = {
-        "batch_size": 4,
-        "seq_len": 16,
-        "max_steps": 40,
-        "max_time": 0,
-        "eval_every": 10,
-        "warmup_steps": 5,
-        "sample_chars": 0,
-        "precision": "fp32",
-        "lr": 3e-3,
-    }
-    return {**options, **overrides}
-
-
-class Recorder(Callbacks):
-    def __init__(self, stop_at: int | None = None) -> None:
-        self.losses: list[float] = []
-        self.evals: list[EvalEvent] = []
-        self.messages: list[str] = []
-        self.stop_at = stop_at
-        self.trainer: Any = None
-
-    def on_step(self, event: StepEvent) -> None:
-        self.losses.append(event.loss)
-        if event.step == self.stop_at:
-            self.trainer.request_stop()
-
-    def on_eval(self, event: EvalEvent) -> None:
-        self.evals.append(event)
-
-    def on_message(self, message: str) -> None:
-        self.messages.append(message)
-
-
-def start(corpus: Path, out: Path, recorder: Recorder, resume: bool = False, **train: Any):
-    trainer = prepare(
-        TrainRequest(corpus=corpus, out=out, model=TINY_MODEL, train=tiny_train(**train), resume=resume), recorder
-    )
-    recorder.trainer = trainer
-    return trainer
+from tests.helpers import RECORDED_TRAIN, Recorder, start
 
 
 def test_loss_falls_and_best_and_last_checkpoints_are_written(corpus_file: Path, tmp_path: Path) -> None:
@@ -131,7 +84,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus_file: Path, tmp_p
     before = (tmp_path / "m.last.pt").read_bytes()
     with torch.no_grad():
         trainer.model.head.bias.fill_(math.nan)
-    trainer.config = TrainConfig(**{**tiny_train(), "max_steps": 100})
+    trainer.config = TrainConfig(**{**RECORDED_TRAIN, "max_steps": 100})
     with pytest.raises(TrainingDiverged, match=r"not finite 5 steps in a row.*lower --lr"):
         trainer.run()
     assert sum("loss not finite" in m for m in recorder.messages) == 4

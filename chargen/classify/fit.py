@@ -51,15 +51,9 @@ from chargen.device import select_device, select_precision
 from chargen.errors import TrainingDiverged
 from chargen.model import CharLM
 from chargen.training.events import Callbacks
+from chargen.training.finetune import fine_tuned_model
 from chargen.training.loop import Interrupted, TrainingLoop
-from chargen.training.run import (
-    adopt_vocabulary,
-    check_writable,
-    default_out,
-    fine_tune_start,
-    fine_tune_vocabulary,
-    fit_batch,
-)
+from chargen.training.run import check_writable, default_out, fit_batch
 from chargen.training.trainer import Trainer
 
 
@@ -179,9 +173,7 @@ def _lm_config(module: Module) -> ModelConfig:
 
 def _starting_model(request: ClassifyRequest, train_text: str, callbacks: Callbacks) -> tuple[CharLM, Tokenizer]:
     if request.init_from is not None:  # characters the checkpoint lacks are added
-        model, base = fine_tune_start(request.init_from, request.model, request.tokenizer)
-        tokenizer = fine_tune_vocabulary(base, train_text, grow=True)
-        return adopt_vocabulary(model, base, tokenizer, callbacks), tokenizer
+        return fine_tuned_model(request.init_from, request.model, request.tokenizer, train_text, callbacks)
     tokenizer = train_tokenizer(train_text, TokenizerConfig(**request.tokenizer))
     return CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, **request.model)), tokenizer
 

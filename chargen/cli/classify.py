@@ -15,6 +15,7 @@ import typer
 
 from chargen.cli import common
 from chargen.cli.common import given, pin_threads
+from chargen.config import ClassifierConfig, default
 from chargen.errors import ChargenError, ConfigError
 
 if TYPE_CHECKING:
@@ -37,18 +38,41 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 def train(
     data: Annotated[Path, typer.Argument(help="Labelled examples: a folder or a .tsv / .jsonl file.")],
     out: Annotated[Path | None, typer.Option(help="Classifier path [default: checkpoints/<data>.clf].")] = None,
-    method: Annotated[str | None, typer.Option(help="generative or discriminative [discriminative].")] = None,
+    method: Annotated[
+        str | None, typer.Option(help=f"generative or discriminative [{default(ClassifierConfig, 'method')}].")
+    ] = None,
     data_format: DataFormat = "auto",
     test_frac: Annotated[
-        float | None, typer.Option(help="Hold out this fraction of each class for a test [0].")
+        float | None,
+        typer.Option(
+            help=f"Hold out this fraction of each class for a test [{default(ClassifierConfig, 'test_frac')}]."
+        ),
     ] = None,
-    val_frac: Annotated[float | None, typer.Option(help="Fraction of each class for validation [0.1].")] = None,
+    val_frac: Annotated[
+        float | None,
+        typer.Option(help=f"Fraction of each class for validation [{default(ClassifierConfig, 'val_frac')}]."),
+    ] = None,
     init_from: Annotated[Path | None, typer.Option(help="Start from this chargen checkpoint's model.")] = None,
-    pretrain_frac: Annotated[float | None, typer.Option(help="Share of the time for the base model [0.5].")] = None,
-    finetune_lr: Annotated[float | None, typer.Option(help="Learning rate after the base model [2e-3].")] = None,
-    examples_per_batch: Annotated[int | None, typer.Option(help="Discriminative: examples per step [32].")] = None,
-    max_len: Annotated[int | None, typer.Option(help="Discriminative: tokens read per text [512].")] = None,
-    pooling: Annotated[str | None, typer.Option(help="Discriminative head reads: last, mean, max or all.")] = None,
+    pretrain_frac: Annotated[
+        float | None,
+        typer.Option(help=f"Share of the time for the base model [{default(ClassifierConfig, 'pretrain_frac')}]."),
+    ] = None,
+    finetune_lr: Annotated[
+        float | None,
+        typer.Option(help=f"Learning rate after the base model [{default(ClassifierConfig, 'finetune_lr')}]."),
+    ] = None,
+    examples_per_batch: Annotated[
+        int | None, typer.Option(help=f"Discriminative: examples per step [{default(ClassifierConfig, 'batch_size')}].")
+    ] = None,
+    max_len: Annotated[
+        int | None, typer.Option(help=f"Discriminative: tokens read per text [{default(ClassifierConfig, 'max_len')}].")
+    ] = None,
+    pooling: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Discriminative head reads: last, mean, max or all [{default(ClassifierConfig, 'pooling')}]."
+        ),
+    ] = None,
     class_weights: Annotated[bool | None, typer.Option(help="Discriminative: weight classes equally.")] = None,
     tokenizer: common.TokenizerKind = None,
     vocab_size: common.VocabSize = None,
@@ -62,11 +86,11 @@ def train(
     lr: common.LearningRate = None,
     max_steps: Annotated[int | None, typer.Option(help="Step budget of each phase (0 = none).")] = None,
     max_epochs: Annotated[float | None, typer.Option(help="Epoch budget of each phase (0 = none).")] = None,
-    max_time: Annotated[str | None, typer.Option(help="Time budget of the whole run: 90s, 20m [10m].")] = None,
+    max_time: Annotated[str | None, typer.Option(help=common.max_time_help("Time budget of the whole run"))] = None,
     eval_every: common.EvalEvery = None,
     patience: common.Patience = None,
     seed: common.Seed = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    device: common.Device = None,
     threads: Threads = None,
     precision: common.Precision = None,
     replace_invalid: common.ReplaceInvalid = False,

@@ -8,28 +8,44 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from chargen.config import parse_duration
+from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, default, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-# Options `chargen train` and `chargen classify train` share, declared once.
-TokenizerKind = Annotated[str | None, typer.Option(help="char or sentencepiece [char].")]
-VocabSize = Annotated[int | None, typer.Option(help="SentencePiece vocabulary size [2000].")]
-Layers = Annotated[int | None, typer.Option(help="Recurrent layers [2].")]
-Hidden = Annotated[int | None, typer.Option(help="Units per layer [512].")]
-Embed = Annotated[int | None, typer.Option(help="Embedding size [0 = auto: min(hidden, 128)].")]
-Dropout = Annotated[float | None, typer.Option(help="Dropout between layers.")]
-WeightDrop = Annotated[
-    float | None, typer.Option(help="Share of the recurrent weights dropped at each training step [0.2].")
+# Options `chargen train` and `chargen classify train` share, declared once; the defaults shown
+# are read from the config dataclasses that set them.
+TokenizerKind = Annotated[str | None, typer.Option(help=f"char or sentencepiece [{default(TokenizerConfig, 'kind')}].")]
+VocabSize = Annotated[
+    int | None, typer.Option(help=f"SentencePiece vocabulary size [{default(TokenizerConfig, 'vocab_size')}].")
 ]
-BatchSize = Annotated[int | None, typer.Option(help="Parallel streams.")]
-SeqLen = Annotated[int | None, typer.Option(help="Tokens per backprop window.")]
-LearningRate = Annotated[float | None, typer.Option(help="Peak learning rate.")]
-EvalEvery = Annotated[int | None, typer.Option(help="Steps between evaluations.")]
-Patience = Annotated[int | None, typer.Option(help="Stop after this many evaluations without improvement.")]
-Seed = Annotated[int | None, typer.Option(help="Random seed.")]
-Precision = Annotated[str | None, typer.Option(help="auto, fp32 or bf16.")]
+Layers = Annotated[int | None, typer.Option(help=f"Recurrent layers [{default(ModelConfig, 'layers')}].")]
+Hidden = Annotated[int | None, typer.Option(help=f"Units per layer [{default(ModelConfig, 'hidden')}].")]
+Embed = Annotated[
+    int | None, typer.Option(help=f"Embedding size [{default(ModelConfig, 'embed')} = auto: min(hidden, 128)].")
+]
+Dropout = Annotated[float | None, typer.Option(help=f"Dropout between layers [{default(ModelConfig, 'dropout')}].")]
+WeightDrop = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Share of the recurrent weights dropped at each training step [{default(ModelConfig, 'weight_drop')}]."
+    ),
+]
+BatchSize = Annotated[int | None, typer.Option(help=f"Parallel streams [{default(TrainConfig, 'batch_size')}].")]
+SeqLen = Annotated[int | None, typer.Option(help=f"Tokens per backprop window [{default(TrainConfig, 'seq_len')}].")]
+LearningRate = Annotated[float | None, typer.Option(help=f"Peak learning rate [{default(TrainConfig, 'lr')}].")]
+EvalEvery = Annotated[
+    int | None, typer.Option(help=f"Steps between evaluations [{default(TrainConfig, 'eval_every')}].")
+]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        help=f"Stop after this many evaluations without improvement [{default(TrainConfig, 'patience')} = never]."
+    ),
+]
+Seed = Annotated[int | None, typer.Option(help=f"Random seed [{default(TrainConfig, 'seed')}].")]
+Precision = Annotated[str | None, typer.Option(help=f"auto, fp32 or bf16 [{default(TrainConfig, 'precision')}].")]
+Device = Annotated[str | None, typer.Option(help=f"auto, cpu, cuda or mps [{default(TrainConfig, 'device')}].")]
 StepPrecision = Annotated[
     str,
     typer.Option(help="Sampling step: auto, fp32, int8, int8-fbgemm, bf16, int8-fused (auto: fastest measured here)."),
@@ -53,6 +69,11 @@ def pin_threads(threads: int | None) -> int:
     chosen = choose_threads(threads or 0)
     set_threads(chosen)
     return chosen
+
+
+def max_time_help(what: str) -> str:
+    """--max-time's help, with the default budget of TrainConfig."""
+    return f"{what}: 90s, 20m, 1.5h [{format_duration(default(TrainConfig, 'max_time'))}]; 0 = none."
 
 
 def time_budget(max_time: str | None, max_steps: int | None, max_epochs: float | None) -> float | None:

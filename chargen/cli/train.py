@@ -11,7 +11,15 @@ import typer
 
 from chargen.cli import common
 from chargen.cli.common import given, pin_threads
-from chargen.config import ADAPTIVE_ABOVE
+from chargen.config import (
+    ADAPTIVE_ABOVE,
+    DIST_TIMEOUT,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+    default,
+    format_duration,
+)
 
 
 def train(
@@ -21,17 +29,29 @@ def train(
     init_from: Annotated[Path | None, typer.Option(help="Fine-tune: start from this checkpoint's weights.")] = None,
     grow_vocab: Annotated[bool, typer.Option(help="With --init-from: add characters the model lacks.")] = False,
     val_file: Annotated[Path | None, typer.Option(help="Validate on this file instead of the corpus tail.")] = None,
-    val_frac: Annotated[float | None, typer.Option(help="Fraction of the corpus held out [0.1].")] = None,
+    val_frac: Annotated[
+        float | None, typer.Option(help=f"Fraction of the corpus held out [{default(TrainConfig, 'val_frac')}].")
+    ] = None,
     val_max_chars: Annotated[
-        int | None, typer.Option(help="At most this many characters held out (and of --val-file) [300000].")
+        int | None,
+        typer.Option(
+            help=f"At most this many characters held out (and of --val-file) [{default(TrainConfig, 'val_max_chars')}]."
+        ),
     ] = None,
     tokenizer: common.TokenizerKind = None,
     vocab_size: common.VocabSize = None,
-    sp_type: Annotated[str | None, typer.Option(help="SentencePiece model: unigram or bpe.")] = None,
-    sp_sample_chars: Annotated[
-        int | None, typer.Option(help="SentencePiece trains on this many characters of the corpus [20000000].")
+    sp_type: Annotated[
+        str | None,
+        typer.Option(help=f"SentencePiece model: unigram or bpe [{default(TokenizerConfig, 'model_type')}]."),
     ] = None,
-    cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn [lstm].")] = None,
+    sp_sample_chars: Annotated[
+        int | None,
+        typer.Option(
+            help="SentencePiece trains on this many characters of the corpus "
+            f"[{default(TokenizerConfig, 'sample_chars')}]."
+        ),
+    ] = None,
+    cell: Annotated[str | None, typer.Option(help=f"lstm, gru or rnn [{default(ModelConfig, 'cell')}].")] = None,
     layers: common.Layers = None,
     hidden: common.Hidden = None,
     embed: common.Embed = None,
@@ -45,16 +65,20 @@ def train(
     batch_size: common.BatchSize = None,
     seq_len: common.SeqLen = None,
     lr: common.LearningRate = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
-    warmup: Annotated[int | None, typer.Option(help="Warmup steps.")] = None,
-    grad_clip: Annotated[float | None, typer.Option(help="Global gradient-norm clip.")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help=f"AdamW weight decay [{default(TrainConfig, 'weight_decay')}].")
+    ] = None,
+    warmup: Annotated[int | None, typer.Option(help=f"Warmup steps [{default(TrainConfig, 'warmup_steps')}].")] = None,
+    grad_clip: Annotated[
+        float | None, typer.Option(help=f"Global gradient-norm clip [{default(TrainConfig, 'grad_clip')}].")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Step budget (0 = none).")] = None,
     max_epochs: Annotated[float | None, typer.Option(help="Epoch budget (0 = none).")] = None,
-    max_time: Annotated[str | None, typer.Option(help="Time budget: 90s, 20m, 1.5h [10m]; 0 = none.")] = None,
+    max_time: Annotated[str | None, typer.Option(help=common.max_time_help("Time budget"))] = None,
     eval_every: common.EvalEvery = None,
     patience: common.Patience = None,
     seed: common.Seed = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    device: common.Device = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     precision: common.Precision = None,
     replace_invalid: common.ReplaceInvalid = False,
@@ -64,7 +88,11 @@ def train(
         int | None, typer.Option(help="Train as this many ranks on this machine (torchrun's launcher, gloo).")
     ] = None,
     dist_timeout: Annotated[
-        str | None, typer.Option(help="Under torchrun: how long a rank waits for its peers before failing [5m].")
+        str | None,
+        typer.Option(
+            help="Under torchrun: how long a rank waits for its peers before failing "
+            f"[{format_duration(DIST_TIMEOUT)}]."
+        ),
     ] = None,
     quiet: common.Quiet = False,
 ) -> None:

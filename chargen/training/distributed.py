@@ -28,10 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from chargen.config import DIST_TIMEOUT
 from chargen.errors import ChargenError, ConfigError
 from chargen.training.failures import Failures, first_line
-
-DEFAULT_TIMEOUT = 300.0  # seconds a rank waits for its peers before failing (--dist-timeout)
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def process_group(world: World, device: str, timeout: float | None = None) -> It
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(world.local_rank)
-    timeout = timeout or DEFAULT_TIMEOUT
+    timeout = timeout or DIST_TIMEOUT
     wait = datetime.timedelta(seconds=timeout)
     try:
         # torchrun's store outlives a failed attempt: without a fresh namespace, a restarted group

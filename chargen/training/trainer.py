@@ -164,7 +164,7 @@ class Trainer(TrainingLoop):
     def _sample(self) -> str:
         # The training loop's thread count already follows the load.
         sampler = Sampler(self.model, self.tokenizer, self.device, share_cores=False)
-        config = SampleConfig(length=self.config.sample_chars, temperature=0.8, seed=self.progress.step)
+        config = SampleConfig(length=self.config.sample_chars, seed=self.progress.step)
         text = sampler.generate([""], config)[0]
         self.model.train()
         return text

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from chargen.config import ModelConfig
-from chargen.dropout import Dropout, run_stack
-from chargen.output import make_output_layer
+from chargen.model.dropout import Dropout, run_stack
+from chargen.model.heads import make_output_layer
 
 # LSTM state is (h, c); GRU and RNN state is h alone. Both are kept as a tuple of tensors,
 # each (layers, batch, hidden), so carrying, detaching and saving state is one code path.
@@ -29,7 +29,7 @@ class CharLM(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
             batch_first=True,
         )
-        self.head = make_output_layer(config)  # full or adaptive softmax (chargen.output)
+        self.head = make_output_layer(config)  # full or adaptive softmax (chargen.model.heads)
         if config.tie_weights:
             self.head.weight = self.embed.weight
         self._init_weights()

@@ -18,11 +18,10 @@ from chargen.errors import CheckpointError, ConfigError
 from chargen.generation.inference import PRECISIONS, make_stepper
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-from chargen.output import AdaptiveSoftmax, adaptive_cutoffs, padded_rows
+from chargen.model.heads import AdaptiveSoftmax, adaptive_cutoffs, padded_rows
 from chargen.repl.session import Session
 from chargen.training.run import TrainRequest, prepare
-
-from .conftest import CHINESE, needs_precision
+from tests.helpers import CHINESE, needs_precision
 
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"  # 40 characters + the unknown id
 
@@ -261,12 +260,12 @@ def test_a_checkpoint_from_before_the_adaptive_softmax_loads_as_full(tiny_checkp
 
 def test_a_grown_vocabulary_keeps_the_known_characters_probabilities_in_the_head(adaptive_checkpoint: Path) -> None:
     from chargen.training.events import Callbacks
-    from chargen.training.run import adopt_vocabulary, fine_tune_start, fine_tune_vocabulary
+    from chargen.training.finetune import adopt_vocabulary, base_model, fine_tune_vocabulary
 
     old = build_model(load_checkpoint(adaptive_checkpoint), adaptive_checkpoint)
-    base_model, base = fine_tune_start(adaptive_checkpoint, {}, {})
+    base_lm, base = base_model(adaptive_checkpoint, {}, {})
     tokenizer = fine_tune_vocabulary(base, CHINESE + "新字", grow=True)
-    model = adopt_vocabulary(base_model, base, tokenizer, Callbacks())
+    model = adopt_vocabulary(base_lm, base, tokenizer, Callbacks())
     assert tokenizer.vocab_size == old.tokenizer.vocab_size + 2
     assert torch.equal(model.head.rank.sort().values, torch.arange(tokenizer.vocab_size))
     hidden = torch.randn(4, 32)
