@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import tiny_flags
 from tests.ranks import (
     TINY,
     chargen,
@@ -116,3 +117,38 @@ def test_procs_must_be_positive(corpus: Path, tmp_path: Path) -> None:
     result = run(chargen(f"{corpus} {TINY} --max-steps 1 --procs 0 --out {tmp_path / 'm.pt'}"))
     assert result.returncode != 0
     assert error_lines(result.stderr) == ["Error: --procs must be 1 or more, not 0"]
+
+
+# Two layers with the default dropout and weight drop: masks on the embedding, between the layers,
+# on the output and on the recurrent weights.
+DROPPING = " ".join(tiny_flags(layers=2, embed=16, seed=3, precision="fp32"))
+
+
+def test_with_dropout_two_ranks_draw_the_masks_of_one_process(corpus: Path, tmp_path: Path) -> None:
+    args = f"{corpus} {DROPPING} --max-steps 30 --eval-every 10"
+    one = run(chargen(f"{args} --out {tmp_path / 'one.pt'}"))
+    two = run(torchrun(f"{args} --out {tmp_path / 'two.pt'}"))
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    single, ranks = load(tmp_path / "one.last.pt")["model"], load(tmp_path / "two.last.pt")["model"]
+    for name, weight in single.items():
+        torch.testing.assert_close(ranks[name], weight, rtol=0, atol=1e-5)
+
+
+def test_with_dropout_a_run_interrupted_under_torchrun_resumes_to_the_straight_runs_weights(
+    corpus: Path, tmp_path: Path
+) -> None:
+    out, log = tmp_path / "m.pt", tmp_path / "log.txt"
+    args = f"{corpus} {DROPPING} --eval-every 5 --max-steps 200"
+    straight = run(torchrun(f"{args} --out {tmp_path / 's.pt'}"))
+    assert straight.returncode == 0, straight.stderr
+    launcher = start(torchrun(f"{args} --out {out}"), log)
+    wait_for(out.with_name("m.last.pt"), launcher)
+    launcher.send_signal(signal.SIGINT)
+    launcher.wait(timeout=60)
+    errors = error_lines(log.read_text())
+    assert len(errors) == 1 and "interrupted at step" in errors[0], log.read_text()
+    assert int(errors[0].split("interrupted at step ")[1].split(";")[0]) < 200
+    resumed = run(torchrun(f"{args} --resume --out {out}"))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load(tmp_path / "s.last.pt")["model"], load(out.with_name("m.last.pt"))["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)

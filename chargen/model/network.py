@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from chargen.config import ModelConfig
-from chargen.model.dropout import Dropout, run_stack
+from chargen.model.dropout import Dropout, Masks, run_stack
 from chargen.model.heads import make_output_layer
 
 # LSTM state is (h, c); GRU and RNN state is h alone. Both are kept as a tuple of tensors,
@@ -32,6 +32,7 @@ class CharLM(nn.Module):
         self.head = make_output_layer(config)  # full or adaptive softmax (chargen.model.heads)
         if config.tie_weights:
             self.head.weight = self.embed.weight
+        self.masks: Masks | None = None  # set by the trainer for each step (chargen.model.dropout.Masks)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -57,13 +58,14 @@ class CharLM(nn.Module):
 
     def encode(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> the top layer's outputs (B, T, H) and the state after the last step."""
-        x = self.drop(self.embed(ids))  # (B, T, E)
+        x = self.drop(self.embed(ids), self.masks)  # (B, T, E)
         if state is None:
             state = self.initial_state(ids.shape[0], ids.device)
         rnn_state = state if self.config.cell == "lstm" else state[0]
-        out, rnn_state = run_stack(self.rnn, x, rnn_state, self.config.dropout, self.config.weight_drop)  # (B, T, H)
+        config = self.config
+        out, rnn_state = run_stack(self.rnn, x, rnn_state, config.dropout, config.weight_drop, self.masks)  # (B, T, H)
         new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
-        return self.drop(out), new_state
+        return self.drop(out, self.masks), new_state
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> next-token scores (B, T, V) and the state. Their softmax is the model's

@@ -20,6 +20,7 @@ from chargen.data.tokenizers import Tokenizer
 from chargen.device import autocast
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM, State, detach_state
+from chargen.model.dropout import Masks
 from chargen.training.distributed import World
 from chargen.training.events import Callbacks, EvalEvent
 from chargen.training.loop import Interrupted, Progress, TrainingLoop, lr_at
@@ -84,7 +85,7 @@ class Trainer(TrainingLoop):
             self._restore(resume)
         else:
             torch.manual_seed(config.seed)
-        if self.world.rank:  # dropout masks must differ between ranks' blocks of rows
+        if self.world.rank:  # off the CPU, dropout draws from torch's generator: ranks' rows must differ
             torch.manual_seed(torch.initial_seed() + self.world.rank)
 
     # --- one window of the streams ------------------------------------------------------------
@@ -93,6 +94,9 @@ class Trainer(TrainingLoop):
         x, y = x[self.rows], y[self.rows]
         if new_epoch or self.state is None:
             self.state = self.model.initial_state(self.local_batch, self.device)
+        # This step's dropout masks, keyed by seed and step: the ranks together draw what one process
+        # draws, and a resumed run what it would have (chargen.model.dropout.Masks).
+        self.model.masks = Masks.keyed(self.config.seed, self.progress.step, self.rows, self.config.batch_size)
         with autocast(self.device, self.dtype):
             token_nll, self._next_state = self.scorer(x.to(self.device), y.to(self.device), self.state)
         self.progress.cursor = cursor
@@ -102,6 +106,7 @@ class Trainer(TrainingLoop):
         # A non-finite state would poison every later window.
         self.state = detach_state(self._next_state) if finite and self._next_state is not None else None
         self._next_state = None
+        self.model.masks = None
 
     def epoch_progress(self) -> float:
         return self.batches.epoch_progress(self.progress.cursor)
