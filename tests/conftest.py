@@ -90,6 +90,24 @@ def chargen_command() -> list[str]:
     return [sys.executable, "-m", "chargen"]
 
 
+class ScriptedLoad:
+    """What chargen.threads reads about the machine, as a test states it: other processes keep
+    `busy` CPUs busy, and the clock moves `tick` seconds at each look. Code that follows the load
+    (the step's measurement, thread sharing) then behaves the same on a quiet or a busy machine."""
+
+    def __init__(self, busy: float = 0.0, tick: float = 0.5) -> None:
+        self.busy, self.tick = busy, tick
+        self.clock = self.others = 0.0
+
+    def now(self) -> float:
+        self.clock += self.tick
+        self.others += self.busy * self.tick
+        return self.clock
+
+    def others_seconds(self, cpus: set[int]) -> float | None:
+        return self.others
+
+
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/corpora/tinyshakespeare.txt absent")
 
 
