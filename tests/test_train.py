@@ -69,22 +69,31 @@ def test_loss_falls_and_best_and_last_checkpoints_are_written(corpus_file: Path,
     assert len((tmp_path / "m.metrics.jsonl").read_text().splitlines()) == len(recorder.evals) == 8
 
 
-def test_interrupted_then_resumed_run_equals_a_straight_run(corpus_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "budget", [{"max_steps": 40}, {"max_steps": 0, "max_epochs": 1.2}], ids=["step budget", "epoch budget"]
+)
+def test_interrupted_then_resumed_run_equals_a_straight_run(
+    corpus_file: Path, tmp_path: Path, budget: dict[str, float]
+) -> None:
+    """Bit for bit, with a budget of steps or of epochs (whose schedule follows the data position;
+    the epoch budget's run also crosses an epoch boundary after the resume)."""
     straight = Recorder()
-    start(corpus_file, tmp_path / "a.pt", straight).run()
+    start(corpus_file, tmp_path / "a.pt", straight, **budget).run()
 
     first = Recorder(stop_at=17)  # mid-epoch, between evaluations
     with pytest.raises(Interrupted, match="interrupted at step 17"):
-        start(corpus_file, tmp_path / "b.pt", first).run()
+        start(corpus_file, tmp_path / "b.pt", first, **budget).run()
     saved = load_checkpoint(tmp_path / "b.last.pt")["resume"]
     assert saved["step"] == 17 and (saved["epoch"], saved["offset"]) != (0, 0)
 
     second = Recorder()
-    resumed = start(corpus_file, tmp_path / "b.pt", second, resume=True)
+    resumed = start(corpus_file, tmp_path / "b.pt", second, resume=True, **budget)
     assert resumed.progress.step == 17 and resumed.progress.cursor.offset == saved["offset"]
     resumed.run()
 
     assert first.losses + second.losses == straight.losses
+    if "max_epochs" in budget:
+        assert resumed.epoch_progress() >= 1.2 and resumed.progress.cursor.epoch >= 1
     a, b = load_checkpoint(tmp_path / "a.last.pt")["model"], load_checkpoint(tmp_path / "b.last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
