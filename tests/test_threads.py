@@ -202,38 +202,30 @@ def test_an_unreadable_stat_keeps_the_thread_count(tmp_path: Path) -> None:
     assert fair.update() == 2
 
 
-def test_a_load_near_half_a_core_does_not_flip_the_count(tmp_path: Path) -> None:
-    """Other processes at 0.4-0.6 of a core, our own two threads filling the rest: the count
-    stays where it is, look after look (it flipped every 2 s between 1 and 2)."""
+@pytest.mark.parametrize(
+    "others_per_look",
+    [[0.6, 0.4, 0.6, 0.45, 0.55, 0.7, 0.3] * 3, [0.0] * 20],
+    ids=["a load near half a core", "our own threads alone"],
+)
+def test_neither_our_own_load_nor_a_load_near_the_midpoint_changes_the_count(
+    tmp_path: Path, others_per_look: list[float]
+) -> None:
+    """Both cores busy all along, our two threads taking what other processes leave: /proc/stat's
+    busy time less our own is theirs, and a load of 0.3-0.7 of a core (or none) leaves the count
+    where it is, look after look (it flipped every 2 s between 1 and 2)."""
     stat = tmp_path / "stat"
     load, times = _machine(stat)
     fair = FairThreads(2, cpus={0, 1}, load=load)
     busy = 0.0
     _write_stat(stat, [busy, 0.0])
     fair.update()
-    for look, others in enumerate([0.6, 0.4, 0.6, 0.45, 0.55, 0.7, 0.3] * 3, start=1):
+    for look, others in enumerate(others_per_look, start=1):
         times.wall = 2.0 * look
         times.own += 2.0 * (2 - others)  # ours: whatever the others leave of two cores
-        busy += 4.0  # both cores busy all along, ours and theirs together
+        busy += 4.0  # ours and theirs together
         _write_stat(stat, [busy, 0.0])
         assert fair.update() == 2 and fair.others == pytest.approx(others)
     assert fair.changes == 0
-
-
-def test_our_own_threads_never_count_as_load(tmp_path: Path) -> None:
-    """Alone on the machine, on two threads or one: /proc/stat's busy time is all ours."""
-    stat = tmp_path / "stat"
-    load, times = _machine(stat)
-    fair = FairThreads(2, cpus={0, 1}, load=load)
-    busy = 0.0
-    _write_stat(stat, [busy, 0.0])
-    fair.update()
-    for look in range(1, 20):
-        ours = 2.0 * fair.threads  # CPU seconds our threads used in the 2 s since the last look
-        times.wall, times.own, busy = 2.0 * look, times.own + ours, busy + ours
-        _write_stat(stat, [busy, 0.0])
-        assert fair.update() == 2
-    assert fair.changes == 0 and fair.others == pytest.approx(0.0)
 
 
 def test_a_steady_load_gives_one_change(tmp_path: Path) -> None:
