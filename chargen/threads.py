@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
@@ -149,40 +152,69 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
+class Load(Protocol):
+    """Where `FairThreads` looks: a clock, and the CPU time other processes have spent on some cores."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    def others_seconds(self, cpus: set[int]) -> float | None:
+        """CPU seconds other processes have spent on `cpus` since some fixed moment; None when unknown."""
+        ...
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """The machine's load: /proc/stat's busy time less this process's own, so that its own
+    threads (spinning included) never count as another process's load."""
+
+    stat: Path = PROC_STAT
+    own_seconds: Callable[[], float] = own_cpu_seconds
+    clock: Callable[[], float] = time.monotonic
+
+    def now(self) -> float:
+        return self.clock()
+
+    def others_seconds(self, cpus: set[int]) -> float | None:
+        busy = busy_seconds(cpus, self.stat)
+        return None if busy is None else busy - self.own_seconds()
+
+
 class FairThreads:
     """The thread count for a run on cores that other processes may also keep busy: the cores
     left free of them, rounded, between one and `most`, looked at every `every` seconds.
 
     Two runs of two threads on two cores see each other take a core, so both go to one thread
-    and each gets its core; when one ends, the other sees its cores free and takes them back."""
+    and each gets its core; when one ends, the other sees its cores free and takes them back.
+    The count moves only when the free cores are `MARGIN` past the midpoint between two counts:
+    a load that hovers near it (half a core, say) would otherwise flip it at every look."""
 
-    def __init__(
-        self,
-        most: int,
-        cpus: set[int] | None = None,
-        stat: Path = PROC_STAT,
-        own_seconds: Callable[[], float] = own_cpu_seconds,
-        every: float = LOOK_EVERY,
-    ) -> None:
+    MARGIN = 0.25  # cores
+
+    def __init__(self, most: int, cpus: set[int] | None = None, load: Load | None = None, every: float = LOOK_EVERY):
         self.most = self.threads = most
         self.others = 0.0  # CPUs kept busy by other processes over the last look
+        self.changes = 0  # how often the count moved
         self._cpus = cpus if cpus is not None else _affinity()
-        self._stat, self._own_seconds, self._every = stat, own_seconds, every
-        self._last: tuple[float, float, float] | None = None  # wall clock, busy, own CPU seconds
+        self._load, self._every = load or MachineLoad(), every
+        self._last: tuple[float, float] | None = None  # clock, other processes' CPU seconds
 
-    def update(self, now: float) -> int:
-        """The thread count to run on from `now` (a monotonic clock in seconds)."""
+    def update(self) -> int:
+        """The thread count to run on from now."""
+        now = self._load.now()
         if self._last is not None and now - self._last[0] < self._every:
             return self.threads
-        busy = busy_seconds(self._cpus, self._stat)
-        if busy is None:
+        others = self._load.others_seconds(self._cpus)
+        if others is None:
             return self.threads
-        own = self._own_seconds()
-        if self._last is not None:
-            wall, busy_before, own_before = self._last
-            self.others = max(0.0, (busy - busy_before) - (own - own_before)) / (now - wall)
-            self.threads = max(1, min(self.most, round(len(self._cpus) - self.others)))
-        self._last = (now, busy, own)
+        if self._last is not None and now > self._last[0]:
+            self.others = max(0.0, others - self._last[1]) / (now - self._last[0])
+            free = len(self._cpus) - self.others
+            wanted = max(1, min(self.most, round(free)))
+            if wanted != self.threads and abs(free - self.threads) > 0.5 + self.MARGIN:
+                self.threads, self.changes = wanted, self.changes + 1
+        self._last = (now, others)
         return self.threads
 
 

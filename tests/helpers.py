@@ -43,6 +43,24 @@ def needs_precision(precision: str) -> None:
         pytest.skip(f"the {precision} step does not run on this machine")
 
 
+class ScriptedLoad:
+    """What chargen.threads reads about the machine, as a test states it: other processes keep
+    `busy` CPUs busy, and the clock moves `tick` seconds at each look. Code that follows the load
+    (the step's measurement, thread sharing) then behaves the same on a quiet or a busy machine."""
+
+    def __init__(self, busy: float = 0.0, tick: float = 0.5) -> None:
+        self.busy, self.tick = busy, tick
+        self.clock = self.others = 0.0
+
+    def now(self) -> float:
+        self.clock += self.tick
+        self.others += self.busy * self.tick
+        return self.clock
+
+    def others_seconds(self, cpus: set[int]) -> float | None:
+        return self.others
+
+
 def latin_and_cyrillic(per_class: int = 40, seed: int = 0) -> list[tuple[str, str]]:
     """(label, text) pairs any classifier must tell apart: random words in Latin or Cyrillic letters."""
     rng = random.Random(seed)

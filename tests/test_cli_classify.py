@@ -67,3 +67,36 @@ def test_bad_labelled_data_is_one_error_line(content: str | bytes, message: str,
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("Error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "m.clf").exists()
+
+
+def _tsv(path: Path, examples: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f"{label}\t{text}\n" for label, text in examples), encoding="utf-8")
+    return path
+
+
+def test_pooling_class_weights_and_validation_share_are_the_users_and_eval_scores_other_data(tmp_path: Path) -> None:
+    """`--pooling max --no-class-weights --val-frac 0.25` on unbalanced data (60 Latin, 20
+    Cyrillic): the head reads one pooled vector (not the default's three), the classifier keeps
+    the settings, a quarter of each class is validation; `classify eval` on texts it never saw
+    scores all of them."""
+    from chargen.classify.api import load_classifier
+    from chargen.classify.models import DiscriminativeClassifier
+
+    examples = latin_and_cyrillic(per_class=60, seed=2)
+    unbalanced = [e for e in examples if e[0] == "latin"] + [e for e in examples if e[0] == "cyrillic"][:20]
+    data, model = _tsv(tmp_path / "scripts.tsv", unbalanced), tmp_path / "m.clf"
+    options = ["--pooling", "max", "--no-class-weights", "--val-frac", "0.25", "--out", model]
+    trained = chargen("classify", "train", data, "--method", "discriminative", *options, *TINY, *BUDGET)
+    assert trained.returncode == 0, trained.stderr
+    assert "validation: accuracy" in trained.stdout and "(20 examples)" in trained.stdout  # 15 + 5
+    loaded = load_classifier(model).loaded
+    assert (loaded.config.pooling, loaded.config.class_weights, loaded.config.val_frac) == ("max", False, 0.25)
+    assert isinstance(loaded.module, DiscriminativeClassifier) and loaded.module.head.in_features == 32
+
+    unseen = latin_and_cyrillic(per_class=15, seed=9)
+    evaluated = chargen("classify", "eval", model, _tsv(tmp_path / "other.tsv", unseen), "--format", "json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    figures = json.loads(evaluated.stdout)
+    predicted = [p.label for p in load_classifier(model).predict([text for _, text in unseen])]
+    right = sum(p == label for p, (label, _) in zip(predicted, unseen, strict=True))
+    assert figures["subset"] == "all" and figures["examples"] == 30 and figures["accuracy"] == right / 30

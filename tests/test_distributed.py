@@ -4,7 +4,9 @@ one thread per rank. Faults (failed and killed ranks, restarts) are in test_dist
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,54 @@ def test_with_dropout_a_run_interrupted_under_torchrun_resumes_to_the_straight_r
     assert resumed.returncode == 0, resumed.stderr
     a, b = load(tmp_path / "s.last.pt")["model"], load(out.with_name("m.last.pt"))["model"]
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_run_resumes_on_another_world_size_as_it_would_on_the_same_one(corpus: Path, tmp_path: Path) -> None:
+    """4 steps on 2 ranks then 4 more in one process, and 4 in one process then 4 more on 2
+    ranks, both end with the weights of 4 + 4 steps in one process: the whole batch's hidden
+    state and the streams are re-divided among the ranks a resume finds."""
+    args = f"{corpus} {TINY} --batch-size 8 --eval-every 2 --quiet"
+
+    def train(launch: Callable[[str], list[str]], folder: Path, steps: int, resume: str = "") -> None:
+        done = run(launch(f"{args} --max-steps {steps} {resume} --out {folder / 'm.pt'}"))
+        assert done.returncode == 0, done.stderr
+        assert load(folder / "m.last.pt")["metrics"]["step"] == steps
+
+    folders = {name: tmp_path / name for name in ("one", "ranks_then_one", "one_then_ranks")}
+    train(chargen, folders["one"], 4)
+    shutil.copytree(folders["one"], folders["one_then_ranks"])
+    train(chargen, folders["one"], 8, "--resume")
+    train(torchrun, folders["one_then_ranks"], 8, "--resume")
+    train(torchrun, folders["ranks_then_one"], 4)
+    train(chargen, folders["ranks_then_one"], 8, "--resume")
+    reference = load(folders["one"] / "m.last.pt")
+    for name in ("ranks_then_one", "one_then_ranks"):
+        resumed = load(folders[name] / "m.last.pt")
+        for weight, value in reference["model"].items():
+            torch.testing.assert_close(resumed["model"][weight], value, rtol=0, atol=1e-5)
+        for mine, theirs in zip(resumed["resume"]["hidden"], reference["resume"]["hidden"], strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("budget", "said"),
+    [
+        ("--max-time 3s --max-steps 0", "done: step"),
+        ("--patience 1 --lr 0.5 --warmup 0 --max-steps 2000", "stopping early: validation has not improved"),
+    ],
+    ids=["time budget", "patience"],
+)
+def test_a_time_budget_or_patience_stops_every_rank_together(
+    corpus: Path, tmp_path: Path, budget: str, said: str
+) -> None:
+    """Ranks that did not stop together would leave one waiting for the other's gradients until
+    --dist-timeout: the group ends promptly and cleanly, rank 0 saying so once."""
+    out = tmp_path / "m.pt"
+    ranks = run(torchrun(f"{corpus} {TINY} --batch-size 8 --eval-every 4 {budget} --dist-timeout 30s --out {out}"))
+    assert ranks.returncode == 0, ranks.stderr
+    assert ranks.stdout.count(said) == 1 and "Traceback" not in ranks.stderr
+    metrics = load(out.with_name("m.last.pt"))["metrics"]
+    if "max-time" in budget:
+        assert 2.0 < metrics["elapsed"] < 30  # it ends early by as long as its last evaluation took
+    else:
+        assert 0 < metrics["step"] < 2000

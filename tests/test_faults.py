@@ -59,6 +59,45 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path: Path) -> None:
     assert report.final_ok, report.final_problem
 
 
+def test_a_sigkill_inside_a_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path: Path) -> None:
+    """A real `chargen train` frozen (SIGSTOP) the moment a checkpoint's temporary file appears,
+    then SIGKILLed: when that temporary file is still there afterwards, the kill provably landed
+    inside the write (a finished write renames it away). The checkpoint it was to replace is then
+    byte for byte the one before the write, it loads, and the run resumes from it to the end."""
+    stress = load_kill_stress()
+    corpus, log = tmp_path / "chaucer.txt", tmp_path / "stderr.log"
+    corpus.write_text(stress.CORPUS * 30, encoding="utf-8")
+    out = tmp_path / "run" / "m.pt"
+    last, steps = out.with_name("m.last.pt"), 40
+    landed: tuple[Path, bytes] | None = None  # the checkpoint being replaced, and its bytes before
+    for life in range(8):  # a life whose freeze comes just after the rename tries again
+        process = stress.one_life(stress.train_command(corpus, out, steps, 0, resume=life > 0), log)
+        try:
+            assert stress.wait_for_new_save(process, last, stress.checkpoint_stamp(last)), log.read_text()
+            while process.poll() is None and not (temps := stress.temp_files(out.parent)):
+                time.sleep(0.0002)
+            process.send_signal(signal.SIGSTOP)
+            if process.poll() is None and temps:
+                target = out.parent / temps[0].name[1:].rsplit(".", 2)[0]  # .m.last.pt.XXXXXXXX.tmp
+                before = target.read_bytes()
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                if temps[0].exists():
+                    landed = target, before
+                    break
+        finally:
+            process.kill()
+            process.wait()
+    assert landed is not None, "no kill landed inside a checkpoint write in 8 tries"
+    target, before = landed
+    assert target.read_bytes() == before
+    step = int(load_checkpoint(last)["resume"]["step"])
+    assert load_model(target).model is not None and 0 < step < steps
+    resumed = subprocess.run(stress.train_command(corpus, out, steps, 0, resume=True), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(last)["resume"]["step"] == steps and temp_files(out.parent) == []
+
+
 # --- a full disk, a read-only folder, a failing write ------------------------------------------
 
 

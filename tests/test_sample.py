@@ -21,7 +21,7 @@ from chargen.generation.inference import PRECISIONS, make_stepper, step_precisio
 from chargen.generation.kernels import torch_threads
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-from tests.helpers import needs_precision
+from tests.helpers import ScriptedLoad, needs_precision
 
 PRIMES = ["Whan that", "", "The droghte of March", "Whan that"]  # mixed lengths, a repeat, an empty one
 
@@ -259,7 +259,7 @@ def test_an_int8_step_gives_the_same_text_on_one_thread_or_two(precision: str) -
 
 
 def test_auto_precision_is_measured_for_an_lstm_on_the_cpu_and_fp32_otherwise(loaded) -> None:
-    sampler = Sampler(loaded.model, loaded.tokenizer)
+    sampler = Sampler(loaded.model, loaded.tokenizer, load=ScriptedLoad(busy=0.0))  # a quiet machine
     kernel = sampler.kernel
     options = step_precisions(loaded.model, torch.device("cpu"))
     assert kernel.how == "measured" and len(kernel.speeds[1]) == len(options)  # conftest pins 1 thread

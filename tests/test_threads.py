@@ -14,6 +14,7 @@ import pytest
 
 from chargen.threads import (
     FairThreads,
+    MachineLoad,
     allowed_cpus,
     busy_seconds,
     cgroup_cpu_quota,
@@ -21,6 +22,8 @@ from chargen.threads import (
     chosen_by_user,
     prepare_runtime,
 )
+from chargen.training.events import Callbacks, StepEvent
+from tests.helpers import ScriptedLoad
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 
@@ -137,51 +140,97 @@ def test_busy_time_counts_the_given_cpus_and_not_idle_wait_or_steal(tmp_path: Pa
     assert busy_seconds({0}, tmp_path / "missing") is None
 
 
-class _Clock:
-    """Our own CPU seconds, as the test says they are."""
+class _Times:
+    """Our own CPU seconds and the wall clock, as the test says they are."""
 
     def __init__(self) -> None:
-        self.own = 0.0
+        self.own = self.wall = 0.0
 
-    def __call__(self) -> float:
+    def own_seconds(self) -> float:
         return self.own
+
+    def clock(self) -> float:
+        return self.wall
+
+
+def _machine(stat: Path) -> tuple[MachineLoad, _Times]:
+    times = _Times()
+    return MachineLoad(stat, times.own_seconds, times.clock), times
 
 
 def test_threads_give_way_to_other_processes_and_come_back(tmp_path: Path) -> None:
-    stat, own = tmp_path / "stat", _Clock()
-    fair = FairThreads(2, cpus={0, 1}, stat=stat, own_seconds=own, every=2.0)
+    stat = tmp_path / "stat"
+    load, times = _machine(stat)
+    fair = FairThreads(2, cpus={0, 1}, load=load, every=2.0)
     _write_stat(stat, [0.0, 0.0])
-    assert fair.update(0.0) == 2  # the first look has nothing to compare with
+    assert fair.update() == 2  # the first look has nothing to compare with
     # 10 s: we used both cores all along, nobody else anything: stay on two.
-    own.own = 20.0
+    times.own, times.wall = 20.0, 10.0
     _write_stat(stat, [10.0, 10.0])
-    assert fair.update(10.0) == 2 and fair.others == pytest.approx(0.0)
+    assert fair.update() == 2 and fair.others == pytest.approx(0.0)
     # 10 s more: another process kept one core busy (we got 10 s): one thread each.
-    own.own = 30.0
+    times.own, times.wall = 30.0, 20.0
     _write_stat(stat, [20.0, 20.0])
-    assert fair.update(20.0) == 1 and fair.others == pytest.approx(1.0)
+    assert fair.update() == 1 and fair.others == pytest.approx(1.0)
     # Within `every` seconds nothing is looked at, whatever the file says.
     _write_stat(stat, [0.0, 0.0])
-    assert fair.update(21.0) == 1
+    times.wall = 21.0
+    assert fair.update() == 1
     # It stopped: we alone on one core, the other idle: back to two.
     _write_stat(stat, [30.0, 20.0])
-    own.own = 40.0
-    assert fair.update(30.0) == 2
+    times.own, times.wall = 40.0, 30.0
+    assert fair.update() == 2 and fair.changes == 2
 
 
 def test_a_little_load_from_others_keeps_every_thread(tmp_path: Path) -> None:
-    stat, own = tmp_path / "stat", _Clock()
-    fair = FairThreads(2, cpus={0, 1}, stat=stat, own_seconds=own)
+    stat = tmp_path / "stat"
+    load, times = _machine(stat)
+    fair = FairThreads(2, cpus={0, 1}, load=load)
     _write_stat(stat, [0.0, 0.0])
-    fair.update(0.0)
-    own.own = 18.0
+    fair.update()
+    times.own, times.wall = 18.0, 10.0
     _write_stat(stat, [10.0, 12.0])  # others: 4 s of CPU in 10 s
-    assert fair.update(10.0) == 2 and fair.others == pytest.approx(0.4)
+    assert fair.update() == 2 and fair.others == pytest.approx(0.4)
 
 
 def test_an_unreadable_stat_keeps_the_thread_count(tmp_path: Path) -> None:
-    fair = FairThreads(2, cpus={0, 1}, stat=tmp_path / "missing")
-    assert fair.update(0.0) == 2 and fair.update(100.0) == 2
+    load, times = _machine(tmp_path / "missing")
+    fair = FairThreads(2, cpus={0, 1}, load=load)
+    assert fair.update() == 2
+    times.wall = 100.0
+    assert fair.update() == 2
+
+
+@pytest.mark.parametrize(
+    "others_per_look",
+    [[0.6, 0.4, 0.6, 0.45, 0.55, 0.7, 0.3] * 3, [0.0] * 20],
+    ids=["a load near half a core", "our own threads alone"],
+)
+def test_neither_our_own_load_nor_a_load_near_the_midpoint_changes_the_count(
+    tmp_path: Path, others_per_look: list[float]
+) -> None:
+    """Both cores busy all along, our two threads taking what other processes leave: /proc/stat's
+    busy time less our own is theirs, and a load of 0.3-0.7 of a core (or none) leaves the count
+    where it is, look after look (it flipped every 2 s between 1 and 2)."""
+    stat = tmp_path / "stat"
+    load, times = _machine(stat)
+    fair = FairThreads(2, cpus={0, 1}, load=load)
+    busy = 0.0
+    _write_stat(stat, [busy, 0.0])
+    fair.update()
+    for look, others in enumerate(others_per_look, start=1):
+        times.wall = 2.0 * look
+        times.own += 2.0 * (2 - others)  # ours: whatever the others leave of two cores
+        busy += 4.0  # ours and theirs together
+        _write_stat(stat, [busy, 0.0])
+        assert fair.update() == 2 and fair.others == pytest.approx(others)
+    assert fair.changes == 0
+
+
+def test_a_steady_load_gives_one_change(tmp_path: Path) -> None:
+    fair = FairThreads(2, cpus={0, 1}, load=ScriptedLoad(busy=1.0, tick=1.0), every=2.0)
+    counts = [fair.update() for _ in range(40)]
+    assert counts[:2] == [2, 2] and set(counts[4:]) == {1} and fair.changes == 1
 
 
 def test_only_the_users_thread_count_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,9 +262,9 @@ def test_a_real_busy_process_is_seen(spinner: subprocess.Popen[bytes]) -> None:
     cpus = set(sorted(os.sched_getaffinity(0))[:2])
     os.sched_setaffinity(spinner.pid, cpus)
     fair = FairThreads(2, cpus=cpus, every=0.0)
-    fair.update(time.monotonic())
+    fair.update()
     time.sleep(1.5)
-    assert fair.update(time.monotonic()) == 1
+    assert fair.update() == 1
     assert 0.6 < fair.others < 2.1
 
 
@@ -234,7 +283,8 @@ def test_training_moves_to_one_thread_beside_a_busy_process(
         command, env=env, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
     )
     assert result.returncode == 0, result.stderr
-    assert "training on 1 thread" in result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert "training on 1 thread" in said and said.count("other processes keep") == 1
 
 
 @needs_two_cpus
@@ -263,8 +313,8 @@ def test_sampling_moves_to_one_thread_beside_a_busy_process_and_writes_the_same_
 def test_a_kernel_measured_beside_a_busy_process_is_used_but_not_remembered(
     spinner: subprocess.Popen[bytes],
 ) -> None:
-    """A busy moment's choice would stick to every later run; measured again once the cores are
-    free, it is remembered."""
+    """A busy moment's choice would stick to every later run (tests/test_kernels.py: measured on
+    a quiet machine, it is remembered)."""
     import torch
 
     from chargen.config import ModelConfig
@@ -278,26 +328,69 @@ def test_a_kernel_measured_beside_a_busy_process_is_used_but_not_remembered(
     busy = choose_kernel(model, torch.device("cpu"))
     assert busy.how.startswith("measured while other processes kept") and busy.how.endswith("not remembered")
     assert not (user_data_dir() / CACHE_NAME).exists()
-    spinner.kill()
-    spinner.wait()
-    quiet = choose_kernel(model, torch.device("cpu"))
-    assert quiet.how == "measured" and (user_data_dir() / CACHE_NAME).is_file()
-    assert choose_kernel(model, torch.device("cpu")).how == "cached"
 
 
-def test_a_sampler_runs_on_the_cores_others_leave_free(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_sampler_runs_on_the_cores_others_leave_free(tiny_checkpoint: Path) -> None:
     from chargen.checkpoint import load_model
     from chargen.generation.sampler import Sampler
 
     loaded = load_model(tiny_checkpoint)
     sampler = Sampler(loaded.model, loaded.tokenizer, precision="fp32")
     assert sampler.fair is None and sampler.threads_for(1) == 1  # conftest pins one thread: nothing to share
-    stat, own = tmp_path / "stat", _Clock()
-    sampler.fair = FairThreads(2, cpus={0, 1}, stat=stat, own_seconds=own, every=0.0)
-    _write_stat(stat, [0.0, 0.0])
+    load = ScriptedLoad(busy=0.0)
+    sampler.fair = FairThreads(2, cpus={0, 1}, load=load, every=0.0)
     assert sampler.threads_for(2) == 2 and sampler.load_note() is None
-    own.own = 10.0
-    _write_stat(stat, [10.0, 10.0])  # another process kept one core busy
-    time.sleep(0.01)
+    load.busy = 1.0  # another process keeps one core busy
     assert sampler.threads_for(2) == 1 and sampler.threads_for(1) == 1
     assert "sampling was left as few as 1 thread" in (sampler.load_note() or "")
+
+
+class _Told(Callbacks):
+    """What the loop tells a front end; at the steps of `schedule`, other processes' load changes."""
+
+    def __init__(self, load: ScriptedLoad, schedule: dict[int, float]) -> None:
+        self.load, self.schedule = load, schedule
+        self.messages: list[str] = []
+        self.steps: list[StepEvent] = []
+
+    def on_message(self, message: str) -> None:
+        self.messages.append(message)
+
+    def on_step(self, event: StepEvent) -> None:
+        self.steps.append(event)
+        self.load.busy = self.schedule.get(event.step, self.load.busy)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "counts"),
+    [({}, [2]), ({1: 1.0}, [2, 1]), ({1: 1.0, 15: 0.0, 30: 1.0}, [2, 1, 2, 1])],
+    ids=["alone", "beside a steady load", "beside a load that comes and goes"],
+)
+def test_training_follows_the_load_and_says_so_at_most_once(
+    corpus_file: Path, tmp_path: Path, schedule: dict[int, float], counts: list[int]
+) -> None:
+    """The real training loop on a load the test states (a look every other step, 1 s apart):
+    alone it stays on two threads and says nothing; beside a busy core it moves to one thread,
+    says so in one line however often the load changes, and the progress line shows the count."""
+    from chargen.cli.progress import TrainingDisplay
+    from chargen.generation.kernels import torch_threads
+    from chargen.training.run import TrainRequest, prepare
+
+    load = ScriptedLoad(busy=0.0, tick=1.0)
+    told = _Told(load, schedule)
+    train = {"batch_size": 4, "seq_len": 16, "max_steps": 45, "max_time": 0, "eval_every": 1000, "sample_chars": 0}
+    request = TrainRequest(corpus=corpus_file, out=tmp_path / "m.pt", model={"layers": 1, "hidden": 16}, train=train)
+    trainer = prepare(request, told)
+    trainer.fair_threads = FairThreads(2, cpus={0, 1}, load=load, every=2.0)
+    with torch_threads(2):
+        trainer.run()
+    threads = [event.threads for event in told.steps]
+    assert [n for i, n in enumerate(threads) if i == 0 or n != threads[i - 1]] == counts
+    about_load = [m for m in told.messages if "other processes" in m]
+    if len(counts) == 1:
+        assert about_load == []
+    else:
+        said = "other processes keep 1.0 of the CPUs busy: training on 1 thread"
+        assert about_load == [f"{said} (the count follows their load from here on)"]
+    shown = TrainingDisplay(quiet=True).summary(told.steps[-1])
+    assert shown.endswith(f"bpc  {counts[-1]} thread{'s' if counts[-1] > 1 else ''}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,3 +125,32 @@ def test_token_counts_of_a_memory_map_are_counted_block_by_block(tmp_path: Path)
     assert len(ids) > 1 << 20
     counts = token_counts(ids, 200)
     assert counts.tolist() == torch.bincount(ids.long(), minlength=200).tolist()
+
+
+def test_the_cache_command_lists_and_clears_the_cached_corpora(corpus: Path, tmp_path: Path) -> None:
+    """The real `chargen cache list|clear` on two corpora's token files, one of them damaged."""
+    import subprocess
+    import sys
+
+    other = tmp_path / "other.txt"
+    other.write_text(ENGLISH * 40, encoding="utf-8")
+    lengths = {path.name: len(build(path).ids) for path in (corpus, other)}
+    files = sorted(token_cache.cache_dir().glob("*.tokens"))
+    assert len(files) == 2
+
+    def cache(command: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "chargen", "cache", command], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        return done.stdout
+
+    listed = cache("list")
+    assert listed.startswith(f"{token_cache.cache_dir()}: 2 files, ")
+    for name, length in lengths.items():
+        assert re.search(rf"\.tokens +[\d.]+ MB +{length:,} tokens \(char\) +built [\d-]+ [\d:]+ +.*{name}", listed)
+    flip(files[0], 90)
+    damaged = cache("list")
+    assert f"  {files[0].name}  " in damaged and "damaged: " in damaged
+    total = sum(f.stat().st_size for f in files)
+    assert cache("clear") == f"removed 2 files ({total / 1e6:,.1f} MB) from {token_cache.cache_dir()}\n"
+    assert list(token_cache.cache_dir().glob("*.tokens")) == [] and " 0 files, 0.0 MB" in cache("list")
+    assert len(build(corpus).ids) == lengths[corpus.name]  # rebuilt when next used

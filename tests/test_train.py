@@ -1,4 +1,5 @@
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from chargen.checkpoint import load_checkpoint
 from chargen.config import TrainConfig
 from chargen.errors import TrainingDiverged
+from chargen.training.events import StepEvent
 from chargen.training.trainer import Interrupted, lr_at
 from tests.helpers import RECORDED_TRAIN, Recorder, start
 
@@ -21,22 +23,31 @@ def test_loss_falls_and_best_and_last_checkpoints_are_written(corpus_file: Path,
     assert len((tmp_path / "m.metrics.jsonl").read_text().splitlines()) == len(recorder.evals) == 8
 
 
-def test_interrupted_then_resumed_run_equals_a_straight_run(corpus_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "budget", [{"max_steps": 40}, {"max_steps": 0, "max_epochs": 1.2}], ids=["step budget", "epoch budget"]
+)
+def test_interrupted_then_resumed_run_equals_a_straight_run(
+    corpus_file: Path, tmp_path: Path, budget: dict[str, float]
+) -> None:
+    """Bit for bit, with a budget of steps or of epochs (whose schedule follows the data position;
+    the epoch budget's run also crosses an epoch boundary after the resume)."""
     straight = Recorder()
-    start(corpus_file, tmp_path / "a.pt", straight).run()
+    start(corpus_file, tmp_path / "a.pt", straight, **budget).run()
 
     first = Recorder(stop_at=17)  # mid-epoch, between evaluations
     with pytest.raises(Interrupted, match="interrupted at step 17"):
-        start(corpus_file, tmp_path / "b.pt", first).run()
+        start(corpus_file, tmp_path / "b.pt", first, **budget).run()
     saved = load_checkpoint(tmp_path / "b.last.pt")["resume"]
     assert saved["step"] == 17 and (saved["epoch"], saved["offset"]) != (0, 0)
 
     second = Recorder()
-    resumed = start(corpus_file, tmp_path / "b.pt", second, resume=True)
+    resumed = start(corpus_file, tmp_path / "b.pt", second, resume=True, **budget)
     assert resumed.progress.step == 17 and resumed.progress.cursor.offset == saved["offset"]
     resumed.run()
 
     assert first.losses + second.losses == straight.losses
+    if "max_epochs" in budget:
+        assert resumed.epoch_progress() >= 1.2 and resumed.progress.cursor.epoch >= 1
     a, b = load_checkpoint(tmp_path / "a.last.pt")["model"], load_checkpoint(tmp_path / "b.last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -63,10 +74,32 @@ def test_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert lr_at(config, 100, 1.0) == pytest.approx(1e-4)
 
 
-def test_time_budget_drives_the_schedule(corpus_file: Path, tmp_path: Path) -> None:
-    trainer = start(corpus_file, tmp_path / "m.pt", Recorder(), max_steps=0, max_time=60)
-    trainer.progress.elapsed = 45
-    assert trainer.fraction_done() == pytest.approx(0.75)
+def test_a_time_budget_ends_the_run_and_drives_the_schedule(corpus_file: Path, tmp_path: Path) -> None:
+    """A real 1.5 s budget, no other: the run stops by itself once it is spent, its clock is the
+    wall clock, and the learning rate has decayed to its floor by the last step."""
+
+    class Rates(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps: list[StepEvent] = []
+
+        def on_step(self, event: StepEvent) -> None:
+            super().on_step(event)
+            self.steps.append(event)
+
+    recorder = Rates()
+    trainer = start(corpus_file, tmp_path / "m.pt", recorder, max_steps=0, max_time=1.5, eval_every=10_000)
+    began = time.perf_counter()
+    progress = trainer.run()
+    wall = time.perf_counter() - began
+    assert 1.5 <= progress.elapsed <= wall + 0.05 and wall < 1.5 + 30  # generous for a busy machine
+    assert trainer.fraction_done() >= 1.0 and len(recorder.evals) == 1  # the closing evaluation only
+    fractions = [event.fraction_done for event in recorder.steps]
+    assert fractions == sorted(fractions) and fractions[0] < 0.2 < 0.8 < fractions[-1]
+    config = trainer.config
+    floor = config.lr * config.min_lr_frac
+    assert recorder.steps[-1].lr == pytest.approx(lr_at(config, progress.step - 1, fractions[-2]), rel=1e-6)
+    assert recorder.steps[-1].lr < floor + 0.1 * (config.lr - floor)
 
 
 def test_early_stopping_after_patience_runs_out(corpus_file: Path, tmp_path: Path) -> None:

@@ -137,7 +137,8 @@ class TrainingDisplay(Callbacks):
 
     def summary(self, event: StepEvent) -> str:
         """The figures the bar shows beside the step and epoch."""
-        return f"train {_fmt(event.train_bpc)}  val {_fmt(self.val_bpc)} bpc"
+        threads = f"  {event.threads} thread{'s' if event.threads > 1 else ''}" if event.threads else ""
+        return f"train {_fmt(event.train_bpc)}  val {_fmt(self.val_bpc)} bpc{threads}"
 
     def on_eval(self, event: EvalEvent) -> None:
         self.val_bpc = event.val_bpc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -70,10 +70,11 @@ def repl(
     serve(_terminal_lines(display) if interactive else _plain_lines(), session, display)
 
 
-def _terminal_lines(display: Display) -> Iterator[str]:
+def _terminal_lines(display: Display, clock: Callable[[], float] = time.monotonic) -> Iterator[str]:
     """Lines typed at a prompt with editing and a persistent history. Ctrl-C clears a typed line,
     as in a shell; at an empty prompt it leaves, like Ctrl-D, unless the prompt has only just
-    appeared: then it was meant to stop a generation that ended a moment before it arrived."""
+    appeared (by `clock`): then it was meant to stop a generation that ended a moment before it
+    arrived."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
@@ -84,7 +85,7 @@ def _terminal_lines(display: Display) -> Iterator[str]:
     def _clear_or_leave(event: KeyPressEvent) -> None:
         if event.current_buffer.text:
             event.current_buffer.reset()
-        elif time.monotonic() - shown_at > LATE_STOP_SECONDS:
+        elif clock() - shown_at > LATE_STOP_SECONDS:
             event.app.exit(exception=EOFError)
 
     history, warning = open_history(user_data_dir() / "repl_history")
@@ -92,7 +93,7 @@ def _terminal_lines(display: Display) -> Iterator[str]:
         display.hint(warning)
     prompt: PromptSession[str] = PromptSession(history=history, key_bindings=bindings)
     while True:
-        shown_at = time.monotonic()
+        shown_at = clock()
         try:
             yield prompt.prompt(PROMPT)
         except EOFError:

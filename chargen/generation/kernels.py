@@ -31,7 +31,7 @@ from chargen.atomic import replacing
 from chargen.generation.inference import make_stepper, resolve_precision, step_precisions
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
-from chargen.threads import FairThreads
+from chargen.threads import FairThreads, Load, MachineLoad
 
 CACHE_NAME = "kernels.json"
 BATCHES = (1, 64)  # stream counts measured; a run uses the choice for the nearest one
@@ -113,9 +113,12 @@ def cache_key(model: CharLM) -> str:
     )
 
 
-def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") -> KernelChoice:
+def choose_kernel(
+    model: CharLM, device: torch.device, requested: str = "auto", load: Load | None = None
+) -> KernelChoice:
     """The step per stream count: `requested` precision on the process's threads unless it is
-    auto, else the precision and thread count that measured fastest here for this model."""
+    auto, else the precision and thread count that measured fastest here for this model.
+    `load` tells how busy other processes kept the machine meanwhile (the machine's own by default)."""
     threads = torch.get_num_threads()
     if requested != "auto":
         return KernelChoice(
@@ -129,14 +132,15 @@ def choose_kernel(model: CharLM, device: torch.device, requested: str = "auto") 
     known = _parse(entries.get(key), options)
     if known is not None:
         return KernelChoice(known[0], "cached", known[1])
-    load, start = FairThreads(threads, every=0.0), time.monotonic()
-    load.update(start)
+    load = load or MachineLoad()
+    watch, start = FairThreads(threads, load=load, every=0.0), load.now()
+    watch.update()
     speeds = {batch: measure(model, device, options, batch) for batch in BATCHES}
     best = {batch: next(k for k in options if k.label == max(s, key=s.__getitem__)) for batch, s in speeds.items()}
-    now = time.monotonic()
-    load.update(now)
-    if now - start >= _JUDGED and load.others > BUSY:
-        busy = f"measured while other processes kept {load.others:.1f} CPUs busy: not remembered"
+    elapsed = load.now() - start
+    watch.update()
+    if elapsed >= _JUDGED and watch.others > BUSY:
+        busy = f"measured while other processes kept {watch.others:.1f} CPUs busy: not remembered"
         return KernelChoice(best, busy, speeds)
     entries[key] = {
         "kernels": {str(b): {"precision": best[b].precision, "threads": best[b].threads} for b in BATCHES},

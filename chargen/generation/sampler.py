@@ -12,7 +12,6 @@ tokens.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -27,7 +26,7 @@ from chargen.generation.inference import Stepper, make_stepper
 from chargen.generation.kernels import choose_kernel, torch_threads
 from chargen.generation.text_output import TextOutput
 from chargen.model import CharLM, State
-from chargen.threads import FairThreads
+from chargen.threads import FairThreads, Load
 
 _DECODE_BLOCK = 64  # steps between decodes when nothing is streamed
 MAX_BATCH = 256  # streams stepped together; more are run in successive batches
@@ -136,7 +135,9 @@ class Sampler:
     other processes leave free (chargen.threads.FairThreads): beside a training run, a sampler
     on both cores waits at every product for the core it shares, and took 3.9x its time alone.
     Only the thread count follows the load, never the step's precision, so a seed gives the same
-    text on a busy machine (int8 sums are exact on any number of threads; tests/test_sample.py)."""
+    text on a busy machine (int8 sums are exact on any number of threads; tests/test_sample.py).
+    `load` is where the load is read, for the step's choice and the thread count (the machine's
+    by default)."""
 
     def __init__(
         self,
@@ -145,28 +146,29 @@ class Sampler:
         device: torch.device | str = "cpu",
         precision: str = "auto",
         share_cores: bool = True,
+        load: Load | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.kernel = choose_kernel(model, self.device, precision)  # auto: measured once per machine
+        self.kernel = choose_kernel(model, self.device, precision, load)  # auto: measured once per machine
         self._steppers: dict[str, Stepper] = {}
         start = tokenizer.encode("\n")
         self._start_id = int(start[-1]) if len(start) else 0
         self.max_token_chars = max(1, max(len(b.decode("utf-8", "replace")) for b in tokenizer.token_bytes))
         most = torch.get_num_threads()
         shared = share_cores and self.device.type == "cpu" and most > 1
-        self.fair = FairThreads(most, every=LOOK_EVERY) if shared else None
+        self.fair = FairThreads(most, load=load, every=LOOK_EVERY) if shared else None
         self.fewest_threads: int | None = None  # the fewest the load has left to the steps
         if self.fair is not None:
-            self.fair.update(time.monotonic())  # the first look: the next one measures from here
+            self.fair.update()  # the first look: the next one measures from here
 
     def threads_for(self, kernel_threads: int) -> int:
         """The threads to run the next steps on: the kernel's, fewer while other processes keep
         cores busy."""
         if self.fair is None:
             return kernel_threads
-        free = self.fair.update(time.monotonic())
+        free = self.fair.update()
         self.fewest_threads = min(free, self.fewest_threads or free)
         return min(kernel_threads, free)
 

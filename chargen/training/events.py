@@ -16,6 +16,7 @@ class StepEvent:
     chars_per_sec: float
     elapsed: float
     fraction_done: float
+    threads: int = 0  # torch threads the step ran on (0: not told)
 
 
 @dataclass

@@ -183,16 +183,20 @@ class TrainingLoop(ABC):
                 torch.set_num_threads(self.fair_threads.most)
         return self.progress
 
-    def _share_cores(self, now: float) -> None:
-        """Leave the cores other processes keep busy to them, and take them back when freed."""
+    def _share_cores(self) -> None:
+        """Leave the cores other processes keep busy to them, and take them back when freed. Only
+        the first change is told (the progress line shows the count): a run beside a load that
+        comes and goes would otherwise fill the terminal with these lines."""
         fair = self.fair_threads
-        if fair is None or fair.update(now) == torch.get_num_threads():
+        if fair is None or fair.update() == torch.get_num_threads():
             return
         torch.set_num_threads(fair.threads)
-        self.callbacks.on_message(
-            f"other processes keep {fair.others:.1f} of the CPUs busy: "
-            f"training on {fair.threads} thread{'s' if fair.threads > 1 else ''}"
-        )
+        if fair.changes == 1:
+            self.callbacks.on_message(
+                f"other processes keep {fair.others:.1f} of the CPUs busy: "
+                f"training on {fair.threads} thread{'s' if fair.threads > 1 else ''} "
+                "(the count follows their load from here on)"
+            )
 
     def _loop(self) -> None:
         c, p = self.config, self.progress
@@ -207,7 +211,7 @@ class TrainingLoop(ABC):
             now = time.perf_counter()
             p.elapsed += now - clock
             clock = now
-            self._share_cores(now)
+            self._share_cores()
             rate_chars += self.chars_per_step()
             self.callbacks.on_step(
                 StepEvent(
@@ -219,6 +223,7 @@ class TrainingLoop(ABC):
                     rate_chars / max(now - rate_clock, 1e-9),
                     p.elapsed,
                     self.fraction_done(),
+                    torch.get_num_threads(),
                 )
             )
             if now - rate_clock > 10:
