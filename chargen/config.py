@@ -21,7 +21,7 @@ Pooling = Literal["last", "mean", "max", "all"]
 DIST_TIMEOUT = 300.0
 
 # Above this many tokens `--output auto` picks the adaptive softmax, which is faster there;
-# measured with benchmarks/vocab.py (README, Performance).
+# measured with benchmarks/vocab.py (docs/PERFORMANCE.md).
 ADAPTIVE_ABOVE = 1000
 
 

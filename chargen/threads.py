@@ -33,7 +33,7 @@ LOOK_EVERY = 2.0  # seconds between looks at what other processes use
 # Spins before an idle libgomp thread sleeps (its default is 300,000: two runs on two cores then
 # took 10x their time alone). 3,000 kept a run alone within ~10% of the default and a pair at
 # under 2x; on CPUs whose `pause` is shorter (AMD Zen) the same count waits less, nearer to
-# passive. Measured with benchmarks/busy.py (README, Performance).
+# passive. Measured with benchmarks/busy.py (docs/PERFORMANCE.md).
 SPIN_COUNT = "3000"
 SLEEP_AT_ONCE = "0"  # KMP_BLOCKTIME for Intel's OpenMP runtime, which ignores GOMP_SPINCOUNT
 
