@@ -283,7 +283,8 @@ def test_a_kernel_measured_beside_a_busy_process_is_remembered_as_provisional(
     assert choose_kernel(model, torch.device("cpu")).how.startswith("cached, provisional")
     spinner.kill()
     spinner.wait()
-    later = Conditions(wall=lambda: time.time() + RETRY, recent_load=lambda: 0.0)  # the load average lags
+    # Later and quiet (injected: the load average lags, and other tests may share the machine).
+    later = Conditions(wall=lambda: time.time() + RETRY, recent_load=lambda: 0.0, others_meter=lambda t: lambda: 0.0)
     quiet = choose_kernel(model, torch.device("cpu"), conditions=later)
     assert quiet.how == "measured"
     assert choose_kernel(model, torch.device("cpu")).how == "cached"
