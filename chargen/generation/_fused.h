@@ -50,6 +50,20 @@ static inline Row row_of(const Step *st, int l, int s) {
     return r;
 }
 
+/* S streams from s on: their rows, and the inputs of layer l for each (the levels below, its own). */
+typedef struct {
+    Row r[MAX_STREAMS];
+    const uint8_t *below[MAX_STREAMS], *own[MAX_STREAMS];
+} Streams;
+
+static inline void streams_of(const Step *st, int l, int s, int S, Streams *out) {
+    for (int i = 0; i < S; i++) {
+        out->r[i] = row_of(st, l, s + i);
+        out->below[i] = out->r[i].below;
+        out->own[i] = out->r[i].own;
+    }
+}
+
 /* Units [16 blk, 16 blk + 16) of layer l for S streams from s on (S = 1 or MAX_STREAMS): the
    integer sums of their four gate rows, then gates, cell and h. */
 typedef void (*BlockKernel)(const Step *st, int l, int blk, int s, int S);

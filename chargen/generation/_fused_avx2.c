@@ -98,30 +98,25 @@ AVX2 INLINE void finish8(const Layer *layer, int H, int unit, const int32_t (*su
 AVX2 INLINE void streams_block(const Step *st, int l, int blk, int s, int S, int vnni) {
     int H = st->H, K = l ? 2 * H : H;
     const int8_t *w = st->layers[l].weight + (size_t)blk * K * BLOCK;
-    Row r[MAX_STREAMS];
-    const uint8_t *below[MAX_STREAMS], *own[MAX_STREAMS];
+    Streams x;
     int32_t sums[MAX_STREAMS][4][BLOCK];
-    for (int i = 0; i < S; i++) {
-        r[i] = row_of(st, l, s + i);
-        below[i] = r[i].below;
-        own[i] = r[i].own;
-    }
+    streams_of(st, l, s, S, &x);
     for (int g = 0; g < 4; g++) { /* a gate at a time: 2 S sums fit the 16 registers */
         __m256i acc[MAX_STREAMS][2];
         const int8_t *wg = w + (size_t)g * H * K;
         for (int i = 0; i < S; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
         if (l) { /* layers above the first read [the new h below, their own old h] */
-            gate_sums(below, S, wg, H / 4, vnni, acc);
+            gate_sums(x.below, S, wg, H / 4, vnni, acc);
             wg += 16 * (size_t)H;
         }
-        gate_sums(own, S, wg, H / 4, vnni, acc);
+        gate_sums(x.own, S, wg, H / 4, vnni, acc);
         for (int i = 0; i < S; i++) {
             _mm256_storeu_si256((__m256i *)sums[i][g], acc[i][0]);
             _mm256_storeu_si256((__m256i *)(sums[i][g] + 8), acc[i][1]);
         }
     }
     for (int i = 0; i < S; i++)
-        for (int at = 0; at < BLOCK; at += 8) finish8(&st->layers[l], H, blk * BLOCK + at, sums[i], at, vnni, &r[i]);
+        for (int at = 0; at < BLOCK; at += 8) finish8(&st->layers[l], H, blk * BLOCK + at, sums[i], at, vnni, &x.r[i]);
 }
 
 AVX2 void avx2_block(const Step *st, int l, int blk, int s, int S) {

@@ -83,21 +83,17 @@ TARGET static inline __attribute__((always_inline)) void streams_block(const Ste
     int H = st->H, K = l ? 2 * H : H;
     size_t gate_stride = (size_t)H * K;
     const int8_t *w = st->layers[l].weight + (size_t)blk * K * BLOCK;
-    Row r[MAX_STREAMS];
-    const uint8_t *below[MAX_STREAMS], *own[MAX_STREAMS];
+    Streams x;
     __m512i acc[MAX_STREAMS][4];
-    for (int i = 0; i < S; i++) {
-        r[i] = row_of(st, l, s + i);
-        below[i] = r[i].below;
-        own[i] = r[i].own;
+    streams_of(st, l, s, S, &x);
+    for (int i = 0; i < S; i++)
         for (int g = 0; g < 4; g++) acc[i][g] = _mm512_setzero_si512();
-    }
     if (l) { /* layers above the first read [the new h below, their own old h] */
-        dot_block(below, S, w, H / 4, gate_stride, acc);
+        dot_block(x.below, S, w, H / 4, gate_stride, acc);
         w += 16 * (size_t)H;
     }
-    dot_block(own, S, w, H / 4, gate_stride, acc);
-    for (int i = 0; i < S; i++) finish_block(&st->layers[l], blk, H, acc[i], &r[i]);
+    dot_block(x.own, S, w, H / 4, gate_stride, acc);
+    for (int i = 0; i < S; i++) finish_block(&st->layers[l], blk, H, acc[i], &x.r[i]);
 }
 
 TARGET void avx512_block(const Step *st, int l, int blk, int s, int S) {

@@ -63,25 +63,20 @@ static void finish_block(const Layer *layer, int H, int blk, const int32_t (*sum
 static inline void streams_block(const Step *st, int l, int blk, int s, int S) {
     int H = st->H, K = l ? 2 * H : H;
     const int8_t *w = st->layers[l].weight + (size_t)blk * K * BLOCK;
-    Row r[MAX_STREAMS];
-    const uint8_t *below[MAX_STREAMS], *own[MAX_STREAMS];
+    Streams x;
     int32_t sums[MAX_STREAMS][4][BLOCK];
-    for (int i = 0; i < S; i++) {
-        r[i] = row_of(st, l, s + i);
-        below[i] = r[i].below;
-        own[i] = r[i].own;
-    }
+    streams_of(st, l, s, S, &x);
     for (int g = 0; g < 4; g++) {
         int32_t acc[MAX_STREAMS][BLOCK] = {{0}};
         const int8_t *wg = w + (size_t)g * H * K;
         if (l) { /* layers above the first read [the new h below, their own old h] */
-            gate_sums(below, S, wg, H / 4, acc);
+            gate_sums(x.below, S, wg, H / 4, acc);
             wg += 16 * (size_t)H;
         }
-        gate_sums(own, S, wg, H / 4, acc);
+        gate_sums(x.own, S, wg, H / 4, acc);
         for (int i = 0; i < S; i++) memcpy(sums[i][g], acc[i], sizeof acc[i]);
     }
-    for (int i = 0; i < S; i++) finish_block(&st->layers[l], H, blk, sums[i], &r[i]);
+    for (int i = 0; i < S; i++) finish_block(&st->layers[l], H, blk, sums[i], &x.r[i]);
 }
 
 void portable_block(const Step *st, int l, int blk, int s, int S) {
