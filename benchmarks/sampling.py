@@ -5,6 +5,8 @@ plain reference loop, in the same run.
     python benchmarks/sampling.py --threads 1
     python benchmarks/sampling.py --checkpoint ckpt.pt   # a trained model: the quality line means something
     python benchmarks/sampling.py --no-cli               # skip the CLI rows
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/sampling.py --isa avx2
+                                                         # an AVX2-only CPU, emulated on an AVX-512 one
 
 The model is a 2×512 LSTM over the tinyshakespeare characters (../shared/corpora, else a built-in
 text), untrained unless --checkpoint is given: speed does not depend on the weights. The
@@ -16,7 +18,9 @@ thread and on all of them; `auto` is what chargen.generation.kernels measures an
 in a temporary CHARGEN_HOME, so it is measured afresh). The CLI rows time `chargen sample` in a
 subprocess (its own environment, as the chargen command prepares it), net of its start-up,
 which is timed with --length 1 and printed. The quality line gives bits per character of
-held-out text read through each step.
+held-out text read through each step. --isa forces the native step's path (CHARGEN_NATIVE_ISA,
+also for the CLI rows); with torch and oneDNN kept to AVX2 by their variables on a CPU that has
+AVX-512, the figures are labelled "emulated AVX2-only".
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 from chargen.checkpoint import load_model
 from chargen.config import ModelConfig, SampleConfig
 from chargen.data.tokenizers import CharTokenizer
+from chargen.generation import fused
 from chargen.generation.inference import step_precisions
 from chargen.generation.kernels import cpu_model, torch_threads
 from chargen.generation.sampler import Sampler
@@ -124,6 +129,16 @@ def cli_rows(checkpoint: Path, runs: list[tuple[int, int]]) -> None:
             print(f"CLI: {label}: {wall:.2f} s wall, {net:,.0f} chars/s net of start-up")
 
 
+def cpu_kind() -> str:
+    """The CPU as the figures stand for it: an AVX2-only one when torch, oneDNN and the native
+    step are all kept to AVX2 on a CPU with AVX-512."""
+    kept = {os.environ.get("ATEN_CPU_CAPABILITY", "").lower(), os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower()}
+    emulated = kept == {"avx2"} and fused.isa_in_use() == "avx2" and "avx512" in fused.runnable_isas()
+    names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", fused.ISA_VARIABLE)
+    variables = " ".join(f"{name}={os.environ[name]}" for name in names if name in os.environ) or "no variables"
+    return f"{'emulated AVX2-only' if emulated else 'the CPU as it is'} ({variables})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -133,7 +148,10 @@ def main() -> None:
     parser.add_argument("--cli-chars", type=int, default=20000, help="characters for the CLI's single stream")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-cli", action="store_true", help="skip timing the chargen sample CLI (needs --checkpoint)")
+    parser.add_argument("--isa", choices=fused.runnable_isas(), help="force the native step's path")
     args = parser.parse_args()
+    if args.isa:
+        os.environ[fused.ISA_VARIABLE] = args.isa
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ["CHARGEN_HOME"] = tempfile.mkdtemp()  # auto measures afresh, as on first use
@@ -146,6 +164,7 @@ def main() -> None:
         f"{cpu_model()} · threads {threads} · OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', '-')} · "
         f"temperature {TEMPERATURE}, no top-k"
     )
+    print(f"native step: {fused.describe()} · {cpu_kind()}")
     candidates = [(p, t) for p in step_precisions(model, torch.device("cpu")) for t in sorted({1, threads})]
     auto = Sampler(model, tokenizer)
     print(f"auto: {auto.kernel.describe()}")

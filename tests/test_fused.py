@@ -1,22 +1,28 @@
-"""The native LSTM step (chargen/generation/_fused.c): the int8 steps' numbers in one call."""
+"""The native LSTM step (chargen/generation/_fused.c): the int8 steps' numbers in one call, on
+every path (instruction set) the CPU runs."""
 
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor
 
-from chargen.config import ModelConfig
+from chargen.config import ModelConfig, SampleConfig
+from chargen.data.tokenizers import CharTokenizer
 from chargen.generation import fused
 from chargen.generation.inference import Stepper, make_stepper
 from chargen.generation.kernels import torch_threads
+from chargen.generation.sampler import Sampler
 from chargen.model import CharLM, State
-from tests.helpers import needs_precision
+from tests.helpers import chargen_command, needs_precision
 
 CPU = torch.device("cpu")
+ISAS = ("portable", "avx2", "avxvnni", "avx512", "amx")  # the C step's paths, slowest first
 
 
 def cpu_flags() -> set[str]:
@@ -45,13 +51,30 @@ def step_together(model: CharLM, steppers: list[Stepper], tokens: Tensor) -> tup
     return scores, [stepper.leave(inner) for stepper, inner in zip(steppers, inners)]
 
 
+def needs_isa(isa: str) -> None:
+    """Skip only where the CPU lacks the path's instructions (or the step was not built: CI
+    fails then, by the test below)."""
+    if isa not in fused.runnable_isas():
+        pytest.skip(f"the native step's {isa} path does not run on this CPU")
+
+
 @pytest.mark.skipif(not os.environ.get("CI"), reason="CI installs with a C compiler; elsewhere it may be absent")
-def test_the_native_step_is_built_and_runs_where_the_cpu_has_vnni() -> None:
-    """CI must not pass by skipping every test of the native step."""
-    flags = cpu_flags()
-    if not {"avx512f", "avx512bw", "avx512_vnni"} <= flags:
-        pytest.skip("this CPU has no AVX512-VNNI")
-    assert fused.available()
+def test_the_native_step_is_built_with_every_path_the_cpu_runs() -> None:
+    """CI must not pass by skipping every test of the native step: on the architectures it is
+    written for it must be built, with the paths the CPU's flags promise."""
+    if platform.machine().lower() not in {"x86_64", "amd64", "aarch64", "arm64"}:
+        pytest.skip(f"the native step is not written for {platform.machine()}")
+    runs, flags = fused.runnable_isas(), cpu_flags()
+    assert "portable" in runs
+    assert ({"avx2", "fma"} <= flags) == ("avx2" in runs)
+    assert ({"avx512f", "avx512bw", "avx512_vnni"} <= flags) == ("avx512" in runs)
+
+
+def test_the_paths_run_fastest_first_and_the_portable_one_everywhere() -> None:
+    needs_precision(fused.PRECISION)
+    runs = fused.runnable_isas()
+    assert runs[-1] == "portable" and runs == sorted(runs, key=ISAS.index, reverse=True)
+    assert fused.isa_in_use() == runs[0] or os.environ.get(fused.ISA_VARIABLE)
 
 
 @pytest.mark.parametrize(("layers", "hidden"), [(1, 7), (2, 20), (3, 48), (2, 64)])
@@ -77,17 +100,60 @@ def test_entering_and_leaving_keeps_the_state() -> None:
         assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("streams", [16, 37, 80])
-def test_amx_tiles_give_the_same_numbers_as_vnni(streams: int) -> None:
-    """Whole groups of 16 streams go through AMX tiles where the CPU has them, the rest through
-    VNNI: both sum the same integers exactly, so the scores are identical to the bit."""
-    needs_precision(fused.PRECISION)
-    if not fused.tiles_available():
-        pytest.skip("no AMX tiles here")
+@pytest.mark.parametrize("isa", ISAS)
+def test_each_path_gives_the_portable_paths_numbers_to_the_bit(isa: str) -> None:
+    """The same integer sums (AMX tiles for whole groups of 16 streams, four streams per load of
+    weights, one at a time) and the same float operations in the same order: identical scores and
+    state on every path, for any number of streams and threads."""
+    needs_isa(isa)
     model = lstm(2, 64, vocab=40)
-    steppers = [fused.FusedLSTMStepper(model, CPU, tiles=tiles) for tiles in (True, False)]
-    (from_tiles, from_vnni), _ = step_together(model, steppers, torch.randint(40, (streams, 12)))
-    assert all(torch.equal(a, b) for a, b in zip(from_tiles, from_vnni))
+    for streams in (1, 4, 37, 64):
+        tokens = torch.randint(40, (streams, 8))
+        for threads in (1, 2):
+            with torch_threads(threads):
+                steppers = [fused.FusedLSTMStepper(model, CPU, isa=name) for name in (isa, "portable")]
+                (got, expected), (state, expected_state) = step_together(model, steppers, tokens)
+            assert all(torch.equal(a, b) for a, b in zip(got, expected)), (streams, threads)
+            assert all(torch.equal(a, b) for a, b in zip(state, expected_state)), (streams, threads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_each_path_samples_the_int8_steps_tokens_for_a_seed(monkeypatch: pytest.MonkeyPatch, isa: str) -> None:
+    """Forced by CHARGEN_NATIVE_ISA, each path writes the text torch's int8 step writes for the
+    same seed: on 1, 4 and 64 streams, on 1 and 2 threads."""
+    needs_isa(isa)
+    needs_precision("int8")
+    monkeypatch.setenv(fused.ISA_VARIABLE, isa)
+    tokenizer = CharTokenizer.train("the quick brown fox jumps over the lazy dog.\n")
+    torch.manual_seed(3)
+    model = CharLM(ModelConfig(tokenizer.vocab_size, layers=2, hidden=48, embed=8, dropout=0.0)).eval()
+    config = SampleConfig(length=40, temperature=1.0, seed=11)
+    for streams in (1, 4, 64):
+        primes = ["the "] * streams
+        for threads in (1, 2):
+            with torch_threads(threads):
+                texts = {
+                    p: Sampler(model, tokenizer, precision=p, share_cores=False).generate(primes, config)
+                    for p in (fused.PRECISION, "int8")
+                }
+            assert texts[fused.PRECISION] == texts["int8"], (streams, threads)
+
+
+def test_a_forced_path_is_named_and_a_path_the_cpu_lacks_is_refused(tiny_checkpoint: Path) -> None:
+    """`chargen sample -v` and `chargen info` say which native path runs; forcing one this CPU
+    cannot run is one Error line, not a crash."""
+    needs_precision(fused.PRECISION)
+    command = [*chargen_command(), "sample", str(tiny_checkpoint), "--length", "200", "--seed", "5"]
+    command += ["--precision", fused.PRECISION, "-v"]
+    forced = subprocess.run(command, capture_output=True, text=True, env={**os.environ, fused.ISA_VARIABLE: "portable"})
+    assert forced.returncode == 0, forced.stderr
+    assert f"native step portable, forced by {fused.ISA_VARIABLE}" in forced.stderr and len(forced.stdout) >= 200
+    info = subprocess.run([*chargen_command(), "info", str(tiny_checkpoint)], capture_output=True, text=True)
+    assert info.returncode == 0 and "native step" in info.stdout and fused.runnable_isas()[0] in info.stdout
+    lacking = next((isa for isa in ISAS if isa not in fused.runnable_isas()), "sparc")
+    refused = subprocess.run(command, capture_output=True, text=True, env={**os.environ, fused.ISA_VARIABLE: lacking})
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"Error: the native step's {lacking} path")
 
 
 @pytest.mark.parametrize("streams", [1, 20])

@@ -18,6 +18,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
 
     from chargen.checkpoint import load_model
     from chargen.cli.common import pin_threads
+    from chargen.generation import fused
     from chargen.generation.kernels import choose_kernel
 
     threads = pin_threads(None)
@@ -45,6 +46,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
         ("resumable", "yes" if "resume" in p else "no (best checkpoint; resume uses *.last.pt)"),
         ("format", f"{p['format']} v{p['version']}"),
         ("sampling step", f"{kernel.describe()} · {threads} threads on this machine"),
+        ("native step", fused.describe()),
     ]
     for key, value in rows:
         table.add_row(key, value)

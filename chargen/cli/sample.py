@@ -76,6 +76,7 @@ def sample(
     chosen_threads = pin_threads(threads)
     from chargen.checkpoint import load_model
     from chargen.device import select_device
+    from chargen.generation import fused
     from chargen.generation.draw import fresh_seed
     from chargen.generation.sampler import Sampler
     from chargen.threads import chosen_by_user
@@ -85,7 +86,8 @@ def sample(
     sampler = Sampler(loaded.model.to(where), loaded.tokenizer, where, precision, not chosen_by_user(threads or 0))
     if verbose:
         sharing = ", fewer while other processes keep cores busy" if sampler.fair else ""
-        step = f"sampling step: {sampler.kernel.describe()} · {where} · {chosen_threads} threads{sharing}"
+        native = f" · native step {fused.describe()}" if fused.PRECISION in sampler.kernel.precisions() else ""
+        step = f"sampling step: {sampler.kernel.describe()}{native} · {where} · {chosen_threads} threads{sharing}"
         print(step, file=sys.stderr)
     if config.seed is None:
         config = replace(config, seed=fresh_seed())

@@ -1,5 +1,4 @@
-"""The LSTM sampling step as one native call (chargen/generation/_fused.c), where it was built
-and the CPU has AVX512-VNNI.
+"""The LSTM sampling step as one native call (chargen/generation/_fused.c), wherever it was built.
 
 A step of the torch steppers (chargen.generation.inference) is ~40 small operations, and for one
 stream their overhead and the re-reading of the weights from L3 cost more than the arithmetic:
@@ -7,41 +6,78 @@ on an Intel Xeon with AMX the best of them managed 6.5k steps/s. The native step
 layer's product, gates and cell update in one pass per thread, each thread on the same hidden
 units at every step so that its part of the weights stays in its core's L2. Its numbers are the
 int8 steps' numbers (h as round(127 h), weights per output row, exact integer sums).
+
+One build holds a path per instruction set (AMX, AVX512-VNNI, AVX-VNNI, AVX2, plain C); the
+fastest the CPU runs is used, or the one CHARGEN_NATIVE_ISA names (tests and benchmarks force
+each path with it). All paths give the same numbers to the bit.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from chargen.errors import ConfigError
 from chargen.generation.products import INT8_H_SCALE, InputGates, quantize_rows
 from chargen.model import CharLM, State
 
 PRECISION = "int8-fused"
+ISA_VARIABLE = "CHARGEN_NATIVE_ISA"
 _BLOCK = 16  # hidden units per native block
 
 
 def _native() -> object | None:
     try:
         return importlib.import_module("chargen.generation._fused")
-    except ImportError:  # built without the C step (no compiler at install time, another CPU)
+    except ImportError:  # built without the C step (no compiler at install time)
         return None
 
 
 _FUSED = _native()
 
 
+def runnable_isas() -> list[str]:
+    """The native step's paths this CPU runs, fastest first; empty where it was not built."""
+    return list(_FUSED.runnable()) if _FUSED is not None else []  # type: ignore[attr-defined]
+
+
 def available() -> bool:
-    """Built, and on a CPU with the instructions (AVX512-VNNI)."""
-    return _FUSED is not None and bool(_FUSED.usable())  # type: ignore[attr-defined]
+    """Built (the plain C path runs on every CPU)."""
+    return bool(runnable_isas())
 
 
 def tiles_available() -> bool:
     """The native step can also use AMX tiles (for whole groups of 16 streams) here."""
-    return available() and bool(_FUSED.tiles_usable())  # type: ignore[union-attr]
+    return "amx" in runnable_isas()
+
+
+def isa_in_use() -> str | None:
+    """The path a new native step takes: the one CHARGEN_NATIVE_ISA names, else the fastest here."""
+    return os.environ.get(ISA_VARIABLE) or next(iter(runnable_isas()), None)
+
+
+def describe() -> str:
+    """One line for `chargen info` and `chargen sample -v`: which native path runs and which could."""
+    runs = runnable_isas()
+    if not runs:
+        return "not built (torch's kernels serve)"
+    forced = f", forced by {ISA_VARIABLE}" if os.environ.get(ISA_VARIABLE) else ""
+    return f"{isa_in_use()}{forced} (runs here: {', '.join(runs)})"
+
+
+def _isa_code(isa: str | None) -> int:
+    """The C step's number for the path `isa` (default: isa_in_use()), checked to run here."""
+    isa = isa or isa_in_use()
+    runs = runnable_isas()
+    if isa not in runs:
+        raise ConfigError(
+            f"the native step's {isa} path ({ISA_VARIABLE}) does not run on this CPU; use one of {', '.join(runs)}"
+        )
+    return list(_FUSED.ISAS).index(isa)  # type: ignore[union-attr]
 
 
 def _pad_gates(tensor: Tensor, hidden: int, padded: int) -> Tensor:
@@ -74,9 +110,9 @@ class FusedLSTMStepper:
 
     precision = PRECISION
 
-    def __init__(self, model: CharLM, device: torch.device, tiles: bool = True) -> None:
+    def __init__(self, model: CharLM, device: torch.device, isa: str | None = None) -> None:
         config = model.config
-        self.tiles = tiles  # AMX for whole groups of 16 streams, where the CPU has it
+        self._isa = _isa_code(isa)  # the instruction set of the native path
         H = self.hidden = config.hidden
         P = self._padded = -(-H // _BLOCK) * _BLOCK
         self.layers = config.layers
@@ -122,7 +158,7 @@ class FusedLSTMStepper:
             self._padded,
             len(tokens),
             torch.get_num_threads(),
-            self.tiles,
+            self._isa,
             pre0.data_ptr(),
             hc.data_ptr(),
             before.data_ptr(),

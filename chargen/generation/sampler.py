@@ -23,7 +23,7 @@ from chargen.config import SampleConfig
 from chargen.data.tokenizers import Tokenizer
 from chargen.generation.draw import StreamRandom, choose, fresh_seed
 from chargen.generation.inference import Stepper, make_stepper
-from chargen.generation.kernels import choose_kernel, torch_threads
+from chargen.generation.kernels import Conditions, choose_kernel, torch_threads
 from chargen.generation.text_output import TextOutput
 from chargen.model import CharLM, State
 from chargen.threads import FairThreads, Load
@@ -151,7 +151,8 @@ class Sampler:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.kernel = choose_kernel(model, self.device, precision, load)  # auto: measured once per machine
+        conditions = Conditions() if load is None else Conditions(load=load)
+        self.kernel = choose_kernel(model, self.device, precision, conditions)  # auto: measured once per machine
         self._steppers: dict[str, Stepper] = {}
         start = tokenizer.encode("\n")
         self._start_id = int(start[-1]) if len(start) else 0
