@@ -23,7 +23,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in t
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
-    running = ServerProcess(tiny_checkpoint, "--precision", PRECISION, home=tmp_path_factory.mktemp("home"))
+    home = tmp_path_factory.mktemp("home")
+    running = ServerProcess(tiny_checkpoint, "--precision", PRECISION, "--max-tokens", 1_000_000, home=home)
     yield running
     assert running.stop() == 0
 
