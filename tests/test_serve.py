@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -222,7 +223,7 @@ def test_concurrent_clients_get_the_text_each_gets_alone(server: ServerProcess) 
         {"prompt": "Whan", "seed": 1, "temperature": 0},
         {"prompt": "Whan", "seed": 9, "temperature": 1.0, "stop": ["\n\n"]},
     ]
-    asks = [{"model": "tiny", "max_tokens": 4000, **a} for a in asks]
+    asks = [{"model": "tiny", "max_tokens": 1500, **a} for a in asks]
     url = f"{server.url}/v1/completions"
     alone = [[c["text"] for c in httpx.post(url, json=a, timeout=60).json()["choices"]] for a in asks]
     together: list[list[str] | None] = [None] * len(asks)
@@ -237,6 +238,7 @@ def test_concurrent_clients_get_the_text_each_gets_alone(server: ServerProcess) 
         thread.start()
     while any(t.is_alive() for t in threads):
         peak[0] = max(peak[0], status(server)["running"])
+        time.sleep(0.05)
     assert together == alone
     assert peak[0] >= 2  # they did run side by side
 
@@ -255,15 +257,9 @@ def test_an_api_key_is_required_once_set(tiny_checkpoint: Path, home: Path) -> N
         assert running.stop() == 0
 
 
-def test_another_host_without_a_key_warns(tiny_checkpoint: Path, home: Path) -> None:
-    running = ServerProcess(tiny_checkpoint, "--precision", PRECISION, home=home, host="127.0.0.2")
-    assert running.stop() == 0
-    assert "Warning: serving on 127.0.0.2 without --api-key" in running.stderr()
-
-
 def test_a_full_queue_answers_429_with_retry_after(tiny_checkpoint: Path, home: Path) -> None:
     args = ["--max-batch", 1, "--max-queue", 1, "--max-tokens", LONG, "--precision", PRECISION]
-    running = ServerProcess(tiny_checkpoint, *args, home=home)
+    running = ServerProcess(tiny_checkpoint, *args, home=home, host="127.0.0.2")  # loopback, but not the default
     url = f"{running.url}/v1/completions"
     body = {"model": "tiny", "max_tokens": LONG, "stream": True}
     try:
@@ -278,6 +274,7 @@ def test_a_full_queue_answers_429_with_retry_after(tiny_checkpoint: Path, home: 
             assert next(second.iter_lines()).startswith("data: {")  # its turn came
     finally:
         assert running.stop() == 0
+    assert "Warning: serving on 127.0.0.2 without --api-key" in running.stderr()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -63,12 +63,12 @@ def serve(
     from chargen.serve.server import run
     from chargen.threads import chosen_by_user
 
+    listening = _listen(host, port)  # before the slow loading: a busy port fails at once
     loaded = load_all(files, precision, not chosen_by_user(threads or 0))
     limits = Limits(
         max_tokens=max_tokens, max_n=max_n, max_streams=min(max_batch, Limits.max_streams), max_body=max_body
     )
     app = ServeApp(loaded, limits, api_key, max_batch, max_queue)
-    listening = _listen(host, port)
     address = listening.getsockname()
     shown = f"[{address[0]}]" if ":" in address[0] else address[0]
     if host not in _LOCAL and not api_key:

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -40,6 +41,7 @@ from chargen.serve.requests import ApiError, CompletionRequest, Limits, completi
 
 _FINISH = {"stop": "stop", "length": "length", "shutdown": "stop"}  # the API knows only these
 RETRY_AFTER = 1  # seconds a client told 429 should wait
+CHUNK_EVERY = 0.02  # seconds: a stream sends at most 50 chunks a second, each holding every step since the last
 
 
 class ServeApp:
@@ -70,12 +72,7 @@ class ServeApp:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-
-        def deliver(pieces: list[tuple[Stream, Piece]]) -> None:
-            if pieces:
-                loop.call_soon_threadsafe(_fan_out, pieces)
-
+        deliver = _Delivery(asyncio.get_running_loop())
         for name, sampler in self.loaded.generators.items():
             self.schedulers[name] = Scheduler(sampler, deliver, self.max_batch, self.max_waiting)
             self.schedulers[name].start()
@@ -227,10 +224,26 @@ class ServeApp:
         return JSONResponse({"object": "list", "model": name, "data": data})
 
 
-def _fan_out(pieces: list[tuple[Stream, Piece]]) -> None:
-    """On the event loop: each piece to its request's queue."""
-    for stream, piece in pieces:
-        stream.owner.put_nowait((stream.index, piece))  # type: ignore[attr-defined]
+class _Delivery:
+    """Pieces from the schedulers' threads to the requests' queues on the event loop: one wake-up
+    of the loop however many steps ran while it was busy, so a loaded loop does less per step."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop, self._lock = loop, threading.Lock()
+        self._pending: list[tuple[Stream, Piece]] = []
+
+    def __call__(self, pieces: list[tuple[Stream, Piece]]) -> None:
+        with self._lock:
+            wake = not self._pending
+            self._pending += pieces
+        if wake and pieces:
+            self._loop.call_soon_threadsafe(self._fan_out)
+
+    def _fan_out(self) -> None:
+        with self._lock:
+            pieces, self._pending = self._pending, []
+        for stream, piece in pieces:
+            stream.owner.put_nowait((stream.index, piece))  # type: ignore[attr-defined]
 
 
 class _Completion:
@@ -296,6 +309,7 @@ class _Completion:
             if self.ask.echo:
                 yield self._chunk([_choice(i, p, None, []) for i, p in enumerate(self.primes)])
             while self.open:
+                sent = time.monotonic()
                 try:
                     arrived = await self._arrived()
                 except ApiError as err:
@@ -307,6 +321,9 @@ class _Completion:
                     finish = pieces[-1].finish
                     choices.append(_choice(index, "".join(p.text for p in pieces), finish, shown))
                 yield "".join(self._chunk([choice]) for choice in choices)
+                # The first character goes out at once; later ones wait to share a chunk: sending
+                # a chunk per step and stream would cost the loop more than the step itself.
+                await asyncio.sleep(CHUNK_EVERY - (time.monotonic() - sent))
             if self.ask.include_usage:
                 yield self._chunk([], usage=self.usage())
             yield "data: [DONE]\n\n"
