@@ -143,6 +143,8 @@ class Scheduler:
                         self._step()
                 except Exception:  # a bug must not hang every client: end their streams, log it here
                     traceback.print_exc(file=sys.stderr)
+                    outside = [s for s in joining if s not in self._streams]  # failed while joining
+                    self.deliver([(s, Piece("", 0.0, "error")) for s in outside])
                     self._end_all("error")
         with self._cond:
             waiting = [s for request in self._waiting for s in request]
