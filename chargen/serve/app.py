@@ -323,7 +323,8 @@ class _Completion:
                 yield "".join(self._chunk([choice]) for choice in choices)
                 # The first character goes out at once; later ones wait to share a chunk: sending
                 # a chunk per step and stream would cost the loop more than the step itself.
-                await asyncio.sleep(CHUNK_EVERY - (time.monotonic() - sent))
+                if self.open:
+                    await asyncio.sleep(CHUNK_EVERY - (time.monotonic() - sent))
             if self.ask.include_usage:
                 yield self._chunk([], usage=self.usage())
             yield "data: [DONE]\n\n"
