@@ -110,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="serve this model instead of an untrained 2×512")
     parser.add_argument("--threads", type=int, default=0, help="torch threads, here and in the server (0: all)")
+    parser.add_argument("--server-threads", type=int, default=0, help="torch threads in the server (0: as --threads)")
     parser.add_argument("--chars", type=int, default=300, help="characters per request")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each concurrency (best rate, all latencies)")
     args = parser.parse_args()
@@ -129,7 +130,7 @@ def main() -> None:
     reference = chars_per_second(lambda b, n: sampler.generate([""] * b, config), 64, args.chars, 2)
     print(f"in-process 64 streams ({sampler.kernel.for_batch(64).label}): {reference:,.0f} chars/s")
 
-    server, host, port = start_server(checkpoint, threads)
+    server, host, port = start_server(checkpoint, args.server_threads or threads)
     rows = []
     try:
         asyncio.run(completion(host, port, 0, 20))  # warm up: the step's first call, the socket
