@@ -238,7 +238,7 @@ def test_concurrent_clients_get_the_text_each_gets_alone(server: ServerProcess) 
         thread.start()
     while any(t.is_alive() for t in threads):
         peak[0] = max(peak[0], status(server)["running"])
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert together == alone
     assert peak[0] >= 2  # they did run side by side
 
