@@ -85,7 +85,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def start_server(checkpoint: Path, threads: int) -> tuple[subprocess.Popen[str], str, int]:
     command = [sys.executable, "-m", "chargen", "serve", str(checkpoint), "--port", "0", "--max-queue", "256"]
-    command += ["--threads", str(threads)]
+    command += ["--threads", str(threads)] if threads else []  # else the server's own choice
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     line = server.stdout.readline()
@@ -93,7 +93,7 @@ def start_server(checkpoint: Path, threads: int) -> tuple[subprocess.Popen[str],
     if found is None:
         server.kill()
         raise SystemExit(f"the server did not start: {line!r}")
-    print(line.strip())
+    print(f"{line.strip()} · threads {threads or 'its own choice (one core left to HTTP)'}")
     return server, found.group(1), int(found.group(2))
 
 
@@ -110,7 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="serve this model instead of an untrained 2×512")
     parser.add_argument("--threads", type=int, default=0, help="torch threads, here and in the server (0: all)")
-    parser.add_argument("--server-threads", type=int, default=0, help="torch threads in the server (0: as --threads)")
+    parser.add_argument(
+        "--server-threads", type=int, default=0, help="torch threads in the server (0: --threads, else its own choice)"
+    )
     parser.add_argument("--chars", type=int, default=300, help="characters per request")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each concurrency (best rate, all latencies)")
     args = parser.parse_args()
@@ -130,7 +132,7 @@ def main() -> None:
     reference = chars_per_second(lambda b, n: sampler.generate([""] * b, config), 64, args.chars, 2)
     print(f"in-process 64 streams ({sampler.kernel.for_batch(64).label}): {reference:,.0f} chars/s")
 
-    server, host, port = start_server(checkpoint, args.server_threads or threads)
+    server, host, port = start_server(checkpoint, args.server_threads or args.threads)
     rows = []
     try:
         asyncio.run(completion(host, port, 0, 20))  # warm up: the step's first call, the socket
