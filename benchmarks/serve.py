@@ -93,7 +93,7 @@ def start_server(checkpoint: Path, threads: int) -> tuple[subprocess.Popen[str],
     if found is None:
         server.kill()
         raise SystemExit(f"the server did not start: {line!r}")
-    print(f"{line.strip()} · threads {threads or 'its own choice (one core left to HTTP)'}")
+    print(f"{line.strip()} · threads {threads or 'its own choice'}")
     return server, found.group(1), int(found.group(2))
 
 

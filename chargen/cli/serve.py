@@ -56,13 +56,7 @@ def serve(
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {port}")
-    chosen = pin_threads(threads)
-    if threads is None and chosen > 1:
-        from chargen.device import set_threads
-
-        # The event loop and the sockets need a core too: a step on every core waits at each
-        # product for the core they take (as beside another process: chargen.threads).
-        set_threads(chosen - 1)
+    pin_threads(threads)
     from chargen.serve.app import ServeApp
     from chargen.serve.models import BATCH_MEASURED, load_all
     from chargen.serve.requests import Limits
