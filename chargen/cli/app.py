@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from chargen.allocator import retain_freed_memory
-from chargen.cli import cache, classify, demo, evaluate, info, plot, repl, report, sample, train
+from chargen.cli import cache, classify, demo, evaluate, info, plot, repl, report, sample, serve, train
 from chargen.errors import ChargenError
 from chargen.threads import prepare_runtime
 
@@ -49,6 +49,7 @@ app.command()(sample.sample)
 app.command()(repl.repl)
 app.command()(plot.plot)
 app.command()(report.report)
+app.command()(serve.serve)
 app.add_typer(cache.app, name="cache")
 app.add_typer(classify.app, name="classify")
 

@@ -1,0 +1,1 @@
+"""`chargen serve`: models over HTTP (chargen.cli.serve starts it)."""
