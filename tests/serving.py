@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from chargen.generation.inference import precision_usable
-from tests.conftest import chargen_command
+from tests.helpers import chargen_command
 
 # One precision for the server and `chargen sample` alike; int8's sums are exact in any batch.
 PRECISION = "int8" if precision_usable("int8") else "fp32"

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ENGLISH, chargen_command, latin_and_cyrillic
+from tests.helpers import ENGLISH, chargen_command, latin_and_cyrillic
 from tests.serving import PRECISION, ServerProcess, wait_for
 
 LONG = 1_000_000  # characters: a stream that would run for many seconds
