@@ -24,8 +24,10 @@ from torch import Tensor, nn
 from chargen.classify.models import Scores, calibrated_loss
 
 MAX_FEATURES = 1 << 20
-PENALTIES = (1e-3, 1e-4, 1e-5)  # of the squared correction, per training example
-_SMOOTHING = 1.0  # naive Bayes' additive smoothing of the n-gram counts
+MIN_TEXTS = 2  # an n-gram of a single training text says nothing about other texts
+PENALTIES = (1e-3, 1e-4, 1e-5)  # of the squared weights, per training example
+SMOOTHINGS = (1.0, 0.1, 0.01)  # naive Bayes' additive smoothing, for the plain naive-Bayes candidates
+_RATIO_SMOOTHING = 1.0  # of the counts behind the log-count ratios
 
 
 def ngrams(text: str, longest: int) -> set[str]:
@@ -34,11 +36,11 @@ def ngrams(text: str, longest: int) -> set[str]:
 
 
 def build_vocabulary(texts: Sequence[str], longest: int) -> list[str]:
-    """The n-grams of the most training texts (ties in order of first appearance)."""
+    """The n-grams of the most training texts, at least MIN_TEXTS (ties in order of first appearance)."""
     frequency: Counter[str] = Counter()
     for text in texts:
         frequency.update(ngrams(text, longest))
-    return [gram for gram, _ in frequency.most_common(MAX_FEATURES)]
+    return [gram for gram, n in frequency.most_common(MAX_FEATURES) if n >= MIN_TEXTS]
 
 
 class NgramClassifier(nn.Module):
@@ -83,13 +85,25 @@ def bag_logits(x: Features, weight: Tensor, bias: Tensor) -> Tensor:
     return F.embedding_bag(x.indexes, weight, x.offsets, mode="sum") + bias
 
 
-def log_count_ratios(x: Features, labels: Tensor, classes: int) -> Tensor:
-    """(F, K): log of how much likelier each n-gram is in class k's texts than in the others'."""
-    counts = torch.zeros(int(x.indexes.max()) + 1 if len(x.indexes) else 0, classes)
+def class_counts(x: Features, labels: Tensor, features: int, classes: int) -> Tensor:
+    """(F, K): how many of each class's training texts have each n-gram."""
+    counts = torch.zeros(features, classes)
     counts.index_add_(0, x.indexes, F.one_hot(labels, classes).float()[x.rows()])
-    counts += _SMOOTHING
-    rest = counts.sum(1, keepdim=True) - counts + _SMOOTHING
+    return counts
+
+
+def log_count_ratios(counts: Tensor) -> Tensor:
+    """(F, K): log of how much likelier each n-gram is in class k's texts than in the others'."""
+    counts = counts + _RATIO_SMOOTHING
+    rest = counts.sum(1, keepdim=True) - counts + _RATIO_SMOOTHING
     return torch.log(counts / counts.sum(0)) - torch.log(rest / rest.sum(0))
+
+
+def naive_bayes(counts: Tensor, labels: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """Multinomial naive Bayes on the binary n-gram features: log P(n-gram | class) (F, K), log prior (K,)."""
+    smoothed = counts + smoothing
+    prior = torch.bincount(labels, minlength=counts.shape[1]).float().clamp(min=1)
+    return torch.log(smoothed / smoothed.sum(0)), torch.log(prior / prior.sum())
 
 
 def _fit(x: Features, labels: Tensor, ratios: Tensor, penalty: float) -> tuple[Tensor, Tensor]:
@@ -116,13 +130,20 @@ def train_ngram(
     classes: int,
     longest: int,
 ) -> tuple[NgramClassifier, Tensor]:
-    """The model whose penalty scores the validation examples best, and its validation logits."""
+    """The candidate that classifies the validation examples best (the regression at each penalty,
+    plain naive Bayes at each smoothing; ties go to the lower calibrated loss), and its validation
+    logits. Naive Bayes is among them because on small sets with many classes it often wins."""
     model = NgramClassifier(build_vocabulary(train_texts, longest), classes, longest)
     x, val_x = model.features(train_texts), model.features(val_texts)
-    ratios = log_count_ratios(x, train_labels, classes)
+    counts = class_counts(x, train_labels, len(model.vocabulary), classes)
+    ratios = log_count_ratios(counts)
     fits = [_fit(x, train_labels, ratios, penalty) for penalty in PENALTIES]
-    losses = [calibrated_loss(bag_logits(val_x, weight, bias), val_labels) for weight, bias in fits]
-    weight, bias = fits[losses.index(min(losses))]
+    fits += [naive_bayes(counts, train_labels, smoothing) for smoothing in SMOOTHINGS]
+    ranks = []
+    for weight, bias in fits:
+        logits = bag_logits(val_x, weight, bias)
+        ranks.append((-float((logits.argmax(1) == val_labels).float().mean()), calibrated_loss(logits, val_labels)))
+    weight, bias = fits[ranks.index(min(ranks))]
     with torch.no_grad():
         model.weight.copy_(weight)
         model.bias.copy_(bias)
