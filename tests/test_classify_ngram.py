@@ -1,6 +1,6 @@
 """The n-gram method, the ensemble and --pretrain-on, on data where the answer is certain."""
 
-import random
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +15,18 @@ from chargen.classify.store import CLASSIFIER
 from chargen.errors import CheckpointError, ConfigError
 from chargen.training.events import Callbacks
 
-from .test_cli_classify import chargen
+from .conftest import chargen_command, latin_and_cyrillic
 
-ALPHABETS = {
-    "latin": "abcdefghijklmnopqrstuvwxyz",
-    "cyrillic": "абвгдежзийклмнопрстуфхцчшщыэюя",
-    "greek": "αβγδεζηθικλμνξοπρστυφχψω",
-}
 TINY_LSTM = {"layers": 1, "hidden": 32, "dropout": 0.0}
 TINY_TRAIN = {"batch_size": 8, "seq_len": 32, "max_steps": 30, "max_time": 0, "eval_every": 15, "lr": 1e-2}
-
-
-def three_scripts(per_class: int = 30) -> list[tuple[str, str]]:
-    rng = random.Random(1)
-    examples = []
-    for label, letters in ALPHABETS.items():
-        for _ in range(per_class):
-            words = ("".join(rng.choice(letters) for _ in range(rng.randint(2, 6))) for _ in range(rng.randint(2, 6)))
-            examples.append((label, " ".join(words)))
-    rng.shuffle(examples)
-    return examples
 
 
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("scripts") / "scripts.tsv"
-    path.write_text("".join(f"{label}\t{text}\n" for label, text in three_scripts()), encoding="utf-8")
+    path.write_text(
+        "".join(f"{label}\t{text}\n" for label, text in latin_and_cyrillic(30, 1, scripts=3)), encoding="utf-8"
+    )
     return path
 
 
@@ -153,6 +139,24 @@ def test_pretrain_on_needs_a_base_model_phase(scripts: Path, tmp_path: Path) -> 
 def test_bad_ngram_and_pretrain_options_are_one_error_line(
     args: list[str], message: str, scripts: Path, tmp_path: Path
 ) -> None:
-    done = chargen("classify", "train", scripts, "--out", tmp_path / "x.clf", "--max-steps", "1", *args, cwd=tmp_path)
+    command = [
+        *chargen_command(),
+        "classify",
+        "train",
+        str(scripts),
+        "--out",
+        str(tmp_path / "x.clf"),
+        "--max-steps",
+        "1",
+    ]
+    done = subprocess.run([*command, *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode != 0 and done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.clf").exists()
+
+
+def test_a_part_right_on_every_validation_example_keeps_all_the_weight() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (12,), generator=generator)  # a validation set as small as a tiny data set's
+    perfect = torch.log_softmax(5 * torch.nn.functional.one_hot(labels, 3).float(), 1)
+    noise = torch.log_softmax(torch.randn(12, 3, generator=generator), 1)
+    assert fit_share(perfect, noise, labels) == 1.0 and fit_share(noise, perfect, labels) == 0.0

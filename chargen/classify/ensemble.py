@@ -26,10 +26,13 @@ def combine(ngram: Tensor, lstm: Tensor, share: float) -> Tensor:
     return share * ngram + (1 - share) * lstm
 
 
-def fit_share(ngram: Tensor, lstm: Tensor, labels: Tensor) -> float:
-    """The n-gram model's weight in [0, 1] that best predicts `labels` (ties: the first)."""
-    losses = [calibrated_loss(combine(ngram, lstm, float(share)), labels) for share in SHARES]
-    return float(SHARES[losses.index(min(losses))])
+def fit_share(ngram: Tensor, lstm: Tensor, labels: Tensor, tolerance: float = 1e-3) -> float:
+    """The n-gram model's weight in [0, 1] that best predicts `labels`. Shares within `tolerance`
+    nats of the best count as ties, which go to the one nearest the better part alone: when one
+    part already tells every validation example apart, the other gets no weight on a whim."""
+    losses = torch.tensor([calibrated_loss(combine(ngram, lstm, float(share)), labels) for share in SHARES])
+    tied = SHARES[losses <= losses.min() + tolerance]
+    return float(tied.max() if losses[-1] <= losses[0] else tied.min())
 
 
 class EnsembleClassifier(nn.Module):
