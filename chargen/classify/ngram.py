@@ -131,8 +131,9 @@ def train_ngram(
     longest: int,
 ) -> tuple[NgramClassifier, Tensor]:
     """The candidate that classifies the validation examples best (the regression at each penalty,
-    plain naive Bayes at each smoothing; ties go to the lower calibrated loss), and its validation
-    logits. Naive Bayes is among them because on small sets with many classes it often wins."""
+    plain naive Bayes at each smoothing), and its validation logits. Naive Bayes is among them
+    because on small sets with many classes it often wins; it must win outright: ties in accuracy
+    go to the regression, then to the lower calibrated loss."""
     model = NgramClassifier(build_vocabulary(train_texts, longest), classes, longest)
     x, val_x = model.features(train_texts), model.features(val_texts)
     counts = class_counts(x, train_labels, len(model.vocabulary), classes)
@@ -140,9 +141,10 @@ def train_ngram(
     fits = [_fit(x, train_labels, ratios, penalty) for penalty in PENALTIES]
     fits += [naive_bayes(counts, train_labels, smoothing) for smoothing in SMOOTHINGS]
     ranks = []
-    for weight, bias in fits:
+    for n, (weight, bias) in enumerate(fits):
         logits = bag_logits(val_x, weight, bias)
-        ranks.append((-float((logits.argmax(1) == val_labels).float().mean()), calibrated_loss(logits, val_labels)))
+        accuracy = float((logits.argmax(1) == val_labels).float().mean())
+        ranks.append((-accuracy, n >= len(PENALTIES), calibrated_loss(logits, val_labels)))
     weight, bias = fits[ranks.index(min(ranks))]
     with torch.no_grad():
         model.weight.copy_(weight)
