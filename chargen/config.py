@@ -167,7 +167,7 @@ class ClassifierConfig:
     """How to build and train a text classifier (chargen.classify); stored in the classifier file.
     Language-model phases take their other settings from TrainConfig."""
 
-    method: Method = "ensemble"  # the n-gram model and the discriminative LSTM, weighted on validation
+    method: Method = "ngram"  # measured best in minutes on a CPU (benchmarks/classify.py); ensemble adds an LSTM
     ngram_max: int = 5  # the ngram method (and the ensemble's) reads character 1..ngram_max-grams
     pretrain_frac: float = 0.5  # share of a time budget for the base language model; 0 skips it
     finetune_lr: float = 2e-3  # per-class language models and the discriminative classifier

@@ -37,9 +37,7 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 def train(
     data: Annotated[Path, typer.Argument(help="Labelled examples: a folder or a .tsv / .jsonl file.")],
     out: Annotated[Path | None, typer.Option(help="Classifier path [default: checkpoints/<data>.clf].")] = None,
-    method: Annotated[
-        str | None, typer.Option(help="ensemble, ngram, discriminative or generative [ensemble].")
-    ] = None,
+    method: Annotated[str | None, typer.Option(help="ensemble, ngram, discriminative or generative [ngram].")] = None,
     ngram_max: Annotated[int | None, typer.Option(help="ngram and ensemble: longest character n-gram [5].")] = None,
     data_format: DataFormat = "auto",
     test_frac: Annotated[
