@@ -133,7 +133,8 @@ def test_pretrain_on_needs_a_base_model_phase(scripts: Path, tmp_path: Path) -> 
     [
         (["--method", "bayes"], "Error: --method must be ensemble, ngram, discriminative or generative, got 'bayes'"),
         (["--method", "ngram", "--ngram-max", "0"], "Error: --ngram-max must be between 1 and 8, got 0"),
-        (["--pretrain-on", "missing-folder"], "Error: "),
+        (["--method", "discriminative", "--pretrain-on", "missing-folder"], "Error: "),
+        (["--pretrain-on", "."], "Error: --pretrain-on and --init-from are for the LSTM's language model"),
     ],
 )
 def test_bad_ngram_and_pretrain_options_are_one_error_line(

@@ -115,6 +115,11 @@ def fit(request: ClassifyRequest, callbacks: Callbacks | None = None) -> Fitted:
     train_config = TrainConfig(**{"sample_chars": 0, **request.train})
     out = request.out or classifier_out(request.data)
     check_writable(out)
+    if config.method == "ngram" and (request.pretrain_on or request.init_from):
+        raise ConfigError(
+            "--pretrain-on and --init-from are for the LSTM's language model, which the ngram method has none of; "
+            "use --method ensemble, discriminative or generative"
+        )
     examples = read_examples(request.data, request.data_format, request.read)
     require_classes(examples, request.data)
     split = split_examples(examples, config.test_frac, config.val_frac, train_config.seed)
