@@ -13,7 +13,7 @@ from chargen.errors import ConfigError
 Cell = Literal["lstm", "gru", "rnn"]
 TokenizerKind = Literal["char", "sentencepiece"]
 OutputKind = Literal["full", "adaptive"]
-Method = Literal["generative", "discriminative"]
+Method = Literal["generative", "discriminative", "ngram", "ensemble"]
 Pooling = Literal["last", "mean", "max", "all"]
 
 
@@ -170,7 +170,8 @@ class ClassifierConfig:
     """How to build and train a text classifier (chargen.classify); stored in the classifier file.
     Language-model phases take their other settings from TrainConfig."""
 
-    method: Method = "discriminative"
+    method: Method = "ngram"  # measured best in minutes on a CPU (benchmarks/classify.py); ensemble adds an LSTM
+    ngram_max: int = 5  # the ngram method (and the ensemble's) reads character 1..ngram_max-grams
     pretrain_frac: float = 0.5  # share of a time budget for the base language model; 0 skips it
     finetune_lr: float = 2e-3  # per-class language models and the discriminative classifier
     batch_size: int = 32  # examples per discriminative step
@@ -182,9 +183,10 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         _require(
-            self.method in ("generative", "discriminative"),
-            f"--method must be generative or discriminative, got {self.method!r}",
+            self.method in ("generative", "discriminative", "ngram", "ensemble"),
+            f"--method must be ensemble, ngram, discriminative or generative, got {self.method!r}",
         )
+        _require(1 <= self.ngram_max <= 8, f"--ngram-max must be between 1 and 8, got {self.ngram_max}")
         _require(0 <= self.pretrain_frac < 1, f"--pretrain-frac must be in [0, 1), got {self.pretrain_frac}")
         _require(
             math.isfinite(self.finetune_lr) and 0 < self.finetune_lr < 1,

@@ -61,10 +61,18 @@ class ScriptedLoad:
         return self.others
 
 
-def latin_and_cyrillic(per_class: int = 40, seed: int = 0) -> list[tuple[str, str]]:
-    """(label, text) pairs any classifier must tell apart: random words in Latin or Cyrillic letters."""
+ALPHABETS = {
+    "latin": "abcdefghijklmnopqrstuvwxyz",
+    "cyrillic": "абвгдежзийклмнопрстуфхцчшщыэюя",
+    "greek": "αβγδεζηθικλμνξοπρστυφχψω",
+}
+
+
+def latin_and_cyrillic(per_class: int = 40, seed: int = 0, scripts: int = 2) -> list[tuple[str, str]]:
+    """(label, text) pairs any classifier must tell apart: random words in Latin or Cyrillic (or,
+    with scripts=3, Greek) letters."""
     rng = random.Random(seed)
-    alphabets = {"latin": "abcdefghijklmnopqrstuvwxyz", "cyrillic": "абвгдежзийклмнопрстуфхцчшщыэюя"}
+    alphabets = dict(list(ALPHABETS.items())[:scripts])
     examples = []
     for label, letters in alphabets.items():
         for _ in range(per_class):

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from chargen.classify.ensemble import EnsembleClassifier
 from chargen.classify.metrics import Report, report
 from chargen.classify.models import Scores, encode_examples
+from chargen.classify.ngram import NgramClassifier
 from chargen.classify.store import LoadedClassifier, load_classifier_file
 from chargen.data.labelled import Examples
 from chargen.device import select_device, select_precision
@@ -58,6 +60,9 @@ class Classifier:
         return self.loaded.payload
 
     def scores(self, texts: Sequence[str]) -> Scores:
+        if isinstance(self.module, (NgramClassifier, EnsembleClassifier)):
+            return self.module.text_scores(texts, self.loaded.tokenizer, self.device, self.dtype)
+        assert self.loaded.tokenizer is not None
         return self.module.scores(encode_examples(self.loaded.tokenizer, texts), self.device, self.dtype)
 
     def probabilities(self, scores: Scores) -> torch.Tensor:
@@ -80,7 +85,8 @@ class Classifier:
         return predictions
 
     def evaluate(self, examples: Examples) -> Report:
-        """Accuracy, per-class precision and recall, macro-F1 and the confusion matrix."""
+        """Accuracy, per-class precision and recall, macro-F1 and the confusion matrix (and, for
+        an ensemble, each part's own report)."""
         unknown = sorted(set(examples.labels) - set(self.labels))
         if unknown:
             raise CorpusError(
@@ -88,8 +94,11 @@ class Classifier:
                 "evaluate on data with the labels it was trained on"
             )
         index = {label: i for i, label in enumerate(self.labels)}
-        predicted = self.scores(examples.texts).logits.argmax(1).tolist()
-        return report(self.labels, [index[label] for label in examples.labels], predicted)
+        scores, true = self.scores(examples.texts), [index[label] for label in examples.labels]
+        parts = {
+            name: report(self.labels, true, logits.argmax(1).tolist()) for name, logits in (scores.parts or {}).items()
+        }
+        return report(self.labels, true, scores.logits.argmax(1).tolist(), parts)
 
 
 def load_classifier(path: str | Path, *, device: str = "auto", precision: str = "auto") -> Classifier:

@@ -25,6 +25,7 @@ import torch
 
 from chargen.analysis.evaluate import characters_scored
 from chargen.classify.api import Classifier
+from chargen.classify.ensemble import EnsembleClassifier, combine, fit_share
 from chargen.classify.metrics import Report, report
 from chargen.classify.models import (
     DiscriminativeClassifier,
@@ -34,7 +35,8 @@ from chargen.classify.models import (
     fit_temperature,
     joined_text,
 )
-from chargen.classify.store import LoadedClassifier, save_classifier
+from chargen.classify.ngram import NgramClassifier, train_ngram
+from chargen.classify.store import LoadedClassifier, ngram_state, save_classifier
 from chargen.classify.trainer import (
     ClassifierTrainer,
     DiscriminativeTrainer,
@@ -44,11 +46,11 @@ from chargen.classify.trainer import (
 )
 from chargen.config import ClassifierConfig, ModelConfig, TokenizerConfig, TrainConfig, to_dict
 from chargen.data.batches import Dataset
-from chargen.data.corpus import ReadOptions
+from chargen.data.corpus import ReadOptions, read_corpus
 from chargen.data.labelled import Examples, Split, fingerprint, read_examples, require_classes, split_examples
 from chargen.data.tokenizers import Tokenizer, train_tokenizer
 from chargen.device import select_device, select_precision
-from chargen.errors import TrainingDiverged
+from chargen.errors import ConfigError, TrainingDiverged
 from chargen.model import CharLM
 from chargen.training.events import Callbacks
 from chargen.training.finetune import fine_tuned_model
@@ -68,6 +70,7 @@ class ClassifyRequest:
     tokenizer: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     init_from: Path | None = None
+    pretrain_on: Path | None = None  # unlabelled text (a corpus file or folder) for the base language model
 
 
 @dataclass
@@ -106,24 +109,43 @@ def fit(request: ClassifyRequest, callbacks: Callbacks | None = None) -> Fitted:
     train_config = TrainConfig(**{"sample_chars": 0, **request.train})
     out = request.out or classifier_out(request.data)
     check_writable(out)
+    if config.method == "ngram" and (request.pretrain_on or request.init_from):
+        raise ConfigError(
+            "--pretrain-on and --init-from are for the LSTM's language model, which the ngram method has none of; "
+            "use --method ensemble, discriminative or generative"
+        )
     examples = read_examples(request.data, request.data_format, request.read)
     require_classes(examples, request.data)
     split = split_examples(examples, config.test_frac, config.val_frac, train_config.seed)
     torch.manual_seed(train_config.seed)
-    base, tokenizer = _starting_model(request, joined_text(split.train.texts), callbacks)
     device = select_device(train_config.device)
     dtype = select_precision(train_config.precision, device)
-    phases = _Phases(config, train_config, tokenizer, examples.classes, split, device, dtype, callbacks)
-    weights = ([config.pretrain_frac] if config.pretrain_frac else []) + [1 - config.pretrain_frac]
-    phases.budget = _Budget(train_config.max_time, weights, started)
-    if config.pretrain_frac:
-        start = "new" if request.init_from is None else f"from {request.init_from}"
-        base = phases.base(base, f"all {len(split.train)} training examples, {start}")
-    module, val_logits = phases.generative(base) if config.method == "generative" else phases.discriminative(base)
+    val_labels = _labels_of(split.val, examples.classes)
+    ngram = _ngram(split, examples.classes, config, callbacks) if config.method in ("ngram", "ensemble") else None
+    tokenizer: Tokenizer | None = None
+    parts: dict[str, Report] = {}
+    if ngram is not None and config.method == "ngram":
+        module, val_logits = ngram
+    else:
+        unlabelled = _unlabelled(request, config)
+        base, tokenizer = _starting_model(request, unlabelled + joined_text(split.train.texts), callbacks)
+        phases = _Phases(config, train_config, tokenizer, examples.classes, split, device, dtype, callbacks, unlabelled)
+        weights = ([config.pretrain_frac] if config.pretrain_frac else []) + [1 - config.pretrain_frac]
+        phases.budget = _Budget(train_config.max_time, weights, started)
+        if config.pretrain_frac:
+            start = "new" if request.init_from is None else f"from {request.init_from}"
+            text = f" and {request.pretrain_on}" if request.pretrain_on else ""
+            base = phases.base(base, f"all {len(split.train)} training examples{text}, {start}")
+        lstm = phases.generative(base) if config.method == "generative" else phases.discriminative(base)
+        module, val_logits = lstm if ngram is None else _ensemble(ngram, lstm, val_labels, callbacks)
+        if ngram is not None:
+            parts = {
+                name: report(examples.classes, val_labels.tolist(), logits.argmax(1).tolist())
+                for name, logits in (("ngram", ngram[1]), ("lstm", lstm[1]))
+            }
 
-    val_labels = phases.labels_of(split.val)
     module.temperature.fill_(fit_temperature(val_logits, val_labels))
-    validation = report(examples.classes, val_labels.tolist(), val_logits.argmax(1).tolist())
+    validation = report(examples.classes, val_labels.tolist(), val_logits.argmax(1).tolist(), parts)
     classifier = Classifier(LoadedClassifier(module, tokenizer, examples.classes, config, {}), device, dtype)
     seconds = time.perf_counter() - started
     test = classifier.evaluate(split.test) if split.test is not None else None
@@ -147,11 +169,13 @@ def _payload(
     if test is not None:
         metrics.update(test_accuracy=test.accuracy, test_macro_f1=test.macro_f1)
     loaded = classifier.loaded
+    lm_config, ngram = _lm_config(loaded.module), ngram_state(loaded)
     return {
         "labels": loaded.labels,
         "classifier_config": to_dict(loaded.config),
-        "model_config": to_dict(_lm_config(loaded.module)),
-        "tokenizer": loaded.tokenizer.state(),
+        **({} if lm_config is None else {"model_config": to_dict(lm_config)}),
+        **({} if loaded.tokenizer is None else {"tokenizer": loaded.tokenizer.state()}),
+        **({} if ngram is None else {"ngram": ngram}),
         "model": {k: v.detach().cpu() for k, v in loaded.module.state_dict().items()},
         "metrics": metrics,
         "train_config": to_dict(train_config),
@@ -167,8 +191,54 @@ def _payload(
     }
 
 
-def _lm_config(module: Module) -> ModelConfig:
+def _lm_config(module: Module | NgramClassifier | EnsembleClassifier) -> ModelConfig | None:
+    if isinstance(module, EnsembleClassifier):
+        module = module.lstm
+    if isinstance(module, NgramClassifier):
+        return None
     return module.lms[0].config if isinstance(module, GenerativeClassifier) else module.lm.config
+
+
+def _labels_of(examples: Examples, classes: list[str]) -> torch.Tensor:
+    return torch.tensor([classes.index(label) for label in examples.labels])
+
+
+def _ngram(
+    split: Split, classes: list[str], config: ClassifierConfig, callbacks: Callbacks
+) -> tuple[NgramClassifier, torch.Tensor]:
+    """The n-gram model (seconds), and its validation logits."""
+    callbacks.on_phase("n-gram model", f"character 1-{config.ngram_max}-grams of {len(split.train)} training examples")
+    train, val = split.train, split.val
+    train_labels, val_labels = _labels_of(train, classes), _labels_of(val, classes)
+    return train_ngram(train.texts, train_labels, val.texts, val_labels, len(classes), config.ngram_max)
+
+
+def _ensemble(
+    ngram: tuple[NgramClassifier, torch.Tensor],
+    lstm: tuple[Module, torch.Tensor],
+    val_labels: torch.Tensor,
+    callbacks: Callbacks,
+) -> tuple[EnsembleClassifier, torch.Tensor]:
+    """Both parts calibrated, then their weights fitted, on the validation examples."""
+    for part, logits in (ngram, lstm):
+        part.temperature.fill_(fit_temperature(logits, val_labels))
+    module = EnsembleClassifier(ngram[0], lstm[0])
+    log_probs = module.part_log_probs(ngram[1], lstm[1])
+    share = fit_share(*log_probs, val_labels)
+    module.share.fill_(share)
+    callbacks.on_message(
+        f"ensemble weights fitted on the validation examples: n-gram {share:.2f}, LSTM {1 - share:.2f}"
+    )
+    return module, combine(*log_probs, share)
+
+
+def _unlabelled(request: ClassifyRequest, config: ClassifierConfig) -> str:
+    """The --pretrain-on text, each of its lines an example's worth of text for the base model."""
+    if request.pretrain_on is None:
+        return ""
+    if not config.pretrain_frac:
+        raise ConfigError("--pretrain-on trains the base language model: give --pretrain-frac above 0")
+    return read_corpus(request.pretrain_on, request.read)
 
 
 def _starting_model(request: ClassifyRequest, train_text: str, callbacks: Callbacks) -> tuple[CharLM, Tokenizer]:
@@ -190,10 +260,11 @@ class _Phases:
     device: torch.device
     dtype: torch.dtype | None
     callbacks: Callbacks
+    unlabelled: str = ""  # read by the base language model before the training examples
     budget: _Budget = field(default_factory=lambda: _Budget(0, [], 0.0))
 
     def labels_of(self, examples: Examples) -> torch.Tensor:
-        return torch.tensor([self.classes.index(label) for label in examples.labels])
+        return _labels_of(examples, self.classes)
 
     def encoded(self, examples: Examples) -> EncodedExamples:
         return EncodedExamples(encode_examples(self.tokenizer, examples.texts), self.labels_of(examples))
@@ -213,7 +284,8 @@ class _Phases:
     def base(self, lm: CharLM, detail: str) -> CharLM:
         """A language model of all the training text, validated on the validation examples'."""
         self.callbacks.on_phase("base language model", detail)
-        train_text, val_text = self.stream_text(self.split.train.texts), joined_text(self.split.val.texts)
+        train_text = self.unlabelled + self.stream_text(self.split.train.texts)
+        val_text = joined_text(self.split.val.texts)
         train_ids, val_ids = self.tokenizer.encode(train_text), self.tokenizer.encode(val_text)
         config = dataclasses.replace(self.train_config, max_time=self.budget.next())
         config = fit_batch(config, train_ids, val_ids, len(train_text), self.callbacks)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -11,6 +11,7 @@ from typing import Any
 class Report:
     labels: list[str]
     confusion: list[list[int]]  # confusion[true][predicted]
+    parts: dict[str, Report] = field(default_factory=dict)  # an ensemble's parts, each on its own
 
     @property
     def total(self) -> int:
@@ -53,6 +54,7 @@ class Report:
                 for label, p, r, f, n in zip(self.labels, self.precision, self.recall, self.f1, self.support)
             },
             "confusion": {"rows": "true label", "columns": "predicted label", "matrix": self.confusion},
+            **({"parts": {name: part.to_dict() for name, part in self.parts.items()}} if self.parts else {}),
         }
 
 
@@ -60,9 +62,11 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def report(labels: Sequence[str], true: Sequence[int], predicted: Sequence[int]) -> Report:
+def report(
+    labels: Sequence[str], true: Sequence[int], predicted: Sequence[int], parts: dict[str, Report] | None = None
+) -> Report:
     """Label indexes -> a Report over `labels`."""
     confusion = [[0] * len(labels) for _ in labels]
     for t, p in zip(true, predicted):
         confusion[t][p] += 1
-    return Report(list(labels), confusion)
+    return Report(list(labels), confusion, parts or {})

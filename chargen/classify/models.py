@@ -84,6 +84,7 @@ def example_bits(lm: CharLM, sequences: Sequence[Tensor], device: torch.device, 
 class Scores:
     logits: Tensor  # (N, K): softmax(logits / temperature) gives the probabilities
     bits: Tensor | None = None  # (N, K) bits for each text under each class's model (generative only)
+    parts: dict[str, Tensor] | None = None  # an ensemble's parts' own logits (N, K), by name
 
 
 class GenerativeClassifier(nn.Module):

@@ -39,7 +39,12 @@ def train(
     data: Annotated[Path, typer.Argument(help="Labelled examples: a folder or a .tsv / .jsonl file.")],
     out: Annotated[Path | None, typer.Option(help="Classifier path [default: checkpoints/<data>.clf].")] = None,
     method: Annotated[
-        str | None, typer.Option(help=f"generative or discriminative [{default(ClassifierConfig, 'method')}].")
+        str | None,
+        typer.Option(help=f"ensemble, ngram, discriminative or generative [{default(ClassifierConfig, 'method')}]."),
+    ] = None,
+    ngram_max: Annotated[
+        int | None,
+        typer.Option(help=f"ngram and ensemble: longest character n-gram [{default(ClassifierConfig, 'ngram_max')}]."),
     ] = None,
     data_format: DataFormat = "auto",
     test_frac: Annotated[
@@ -53,6 +58,9 @@ def train(
         typer.Option(help=f"Fraction of each class for validation [{default(ClassifierConfig, 'val_frac')}]."),
     ] = None,
     init_from: Annotated[Path | None, typer.Option(help="Start from this chargen checkpoint's model.")] = None,
+    pretrain_on: Annotated[
+        Path | None, typer.Option(help="Unlabelled text (file or folder) for the base language model.")
+    ] = None,
     pretrain_frac: Annotated[
         float | None,
         typer.Option(help=f"Share of the time for the base model [{default(ClassifierConfig, 'pretrain_frac')}]."),
@@ -97,8 +105,11 @@ def train(
     allow_binary: common.AllowBinary = False,
     quiet: common.Quiet = False,
 ) -> None:
-    """Train a classifier on DATA: a base language model, then one model per class (generative)
-    or a classification head (discriminative). Prints validation (and test) figures."""
+    """Train a classifier on DATA: a character n-gram linear model (ngram, seconds); a base
+    language model, then one model per class (generative) or a classification head
+    (discriminative); or the n-gram model and the discriminative LSTM combined (ensemble). More
+    unlabelled text of the same kind (--pretrain-on) or a trained model (--init-from) makes the
+    LSTM better. Prints validation (and test) figures."""
     pin_threads(threads)
     from chargen.classify.fit import ClassifyRequest, fit
     from chargen.cli.progress import ClassifierDisplay
@@ -110,6 +121,7 @@ def train(
         read=_read_options(replace_invalid, allow_binary),
         classifier=given(
             method=method,
+            ngram_max=ngram_max,
             pretrain_frac=pretrain_frac,
             finetune_lr=finetune_lr,
             batch_size=examples_per_batch,
@@ -136,6 +148,7 @@ def train(
             precision=precision,
         ),
         init_from=init_from,
+        pretrain_on=pretrain_on,
     )
     with ClassifierDisplay(quiet=quiet) as display:
         fitted = fit(request, display)
@@ -145,10 +158,9 @@ def train(
     console = common.console()
     held_out = [("validation", fitted.validation)] + ([("test", fitted.test)] if fitted.test else [])
     for name, scored in held_out:
-        console.print(
-            f"{name}: accuracy {scored.accuracy:.2%}  macro-F1 {scored.macro_f1:.4f}  ({scored.total:,} examples)",
-            highlight=False,
-        )
+        console.print(f"{name}: {_figures(scored)}", highlight=False)
+        for part, part_scored in scored.parts.items():
+            console.print(f"  {part} alone: {_figures(part_scored)}", highlight=False)
     console.print(f"done in {fitted.seconds:.0f}s: saved {fitted.path}", highlight=False)
 
 
@@ -250,16 +262,19 @@ def _prediction_line(text: str, prediction: Prediction) -> str:
     return f"{prediction.label}\t{probabilities}{bpc}\t{json.dumps(shown, ensure_ascii=False)}"
 
 
+def _figures(scored: Report) -> str:
+    return f"accuracy {scored.accuracy:.2%}  macro-F1 {scored.macro_f1:.4f}  ({scored.total:,} examples)"
+
+
 def _print_report(scored: Report, title: str) -> None:
 
     from rich.table import Table
 
     console = common.console()
     console.print(title, highlight=False)
-    console.print(
-        f"accuracy {scored.accuracy:.2%}  macro-F1 {scored.macro_f1:.4f}  ({scored.total:,} examples)",
-        highlight=False,
-    )
+    console.print(_figures(scored), highlight=False)
+    for part, part_scored in scored.parts.items():
+        console.print(f"  {part} alone: {_figures(part_scored)}", highlight=False)
     per_class = Table("label", "precision", "recall", "F1", "examples")
     for row in zip(scored.labels, scored.precision, scored.recall, scored.f1, scored.support):
         per_class.add_row(row[0], f"{row[1]:.4f}", f"{row[2]:.4f}", f"{row[3]:.4f}", f"{row[4]:,}")
