@@ -16,9 +16,10 @@ tests that keep it equal to the model:
    test_reduced_precision_keeps_the_models_quality; tests/test_kernels.py:
    test_fp32_steps_give_the_models_tokens, test_reduced_precision_steps_give_the_models_distribution,
    test_the_first_layers_input_gates_are_embedding_times_weights_plus_bias).
-4. `chargen/generation/fused.py` with `chargen/generation/_fused.c`: the native int8 step, one C
-   call per token (tests/test_fused.py: test_the_native_step_computes_the_int8_steps_numbers,
-   which holds it to step 3's int8 step).
+4. `chargen/generation/fused.py` with `chargen/generation/_fused*.c`: the native int8 step, one C
+   call per token, a path per instruction set (AMX, AVX512-VNNI, AVX-VNNI, AVX2, plain C)
+   (tests/test_fused.py: test_the_native_step_computes_the_int8_steps_numbers, which holds it to
+   step 3's int8 step, and test_each_path_gives_the_portable_paths_numbers_to_the_bit).
 5. `chargen/analysis/cells.py`: the step written out to trace gates and cells (tests/test_cells.py:
    test_the_top_layer_of_a_gru_or_rnn_trace_is_the_models_own_output,
    test_an_lstm_trace_shows_tanh_of_the_cell_state_the_model_carries).
