@@ -103,7 +103,9 @@ def test_a_stream_arrives_in_chunks_that_make_the_same_text(client: openai.OpenA
             parts[choice.index].append(choice.text)
             if choice.finish_reason:
                 finishes[choice.index] = choice.finish_reason
-    assert chunks > 2 and finishes == {0: "length", 1: "length"}
+    # How many chunks the text comes in depends on timing (a step thread that outruns a busy event
+    # loop hands it everything at once); what is fixed: a chunk per choice at least, each ended once.
+    assert chunks >= 2 and finishes == {0: "length", 1: "length"}
     assert ["".join(parts[i]) for i in (0, 1)] == [c.text for c in whole.choices]
     with httpx.stream("POST", f"{server.url}/v1/completions", json={**options, "stream": True}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
