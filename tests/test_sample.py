@@ -219,6 +219,25 @@ def test_the_fp32_step_gives_the_models_logits_and_tokens(cell: str) -> None:
     assert greedy == greedy_reference(model, tokenizer, "abc", 60)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_streams_that_stop_early_leave_the_others_as_they_were(cell: str) -> None:
+    """A stream that meets its stop string leaves the batch (its state rows are dropped); the
+    streams still running write what they write alone, for every cell's state layout."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abcdefgh \n")
+    model = CharLM(ModelConfig(tokenizer.vocab_size, cell=cell, layers=2, hidden=16, embed=8, dropout=0.0)).eval()
+    sampler = Sampler(model, tokenizer, precision="fp32", share_cores=False)
+    primes = ["a", "b", "c", "d"]
+    full = sampler.generate(primes, SampleConfig(length=400, temperature=1.0, seed=3))
+    stop = next(full[0][i : i + 5] for i in range(100, 300) if full[0][i : i + 5] not in full[0][: i + 4])
+    config = SampleConfig(length=400, temperature=1.0, seed=3, stop=(stop,))
+    together = sampler.generate(primes, config)
+    alone = [sampler.generate([p], config, first_index=i)[0] for i, p in enumerate(primes)]
+    assert together == alone
+    assert together == [text.split(stop)[0] for text in full]
+    assert 64 < len(together[0]) < 400  # stopped after the first decoding block, the others ran on
+
+
 def bits_per_char(sampler: Sampler, text: str) -> float:
     """Bits per character of `text` read through the sampler's one-token step."""
     ids = sampler.tokenizer.encode(text).long()

@@ -30,7 +30,8 @@ PRECISIONS = (*KINDS, fused.PRECISION)
 
 
 class Stepper(Protocol):
-    """Advance every stream by one token. `inner` is the stepper's own form of the state; `step`
+    """Advance every stream by one token. `inner` is the stepper's own form of the state, each
+    tensor with the streams on dim 0 (the sampler drops finished streams by indexing it); `step`
     may update it in place (the native step does), so a state to keep goes through `leave`."""
 
     precision: str
@@ -89,14 +90,14 @@ class ModelStepper:
         self.model = model
 
     def enter(self, state: State) -> list[Tensor]:
-        return list(state)
+        return [s.transpose(0, 1) for s in state]  # each (layers, B, H) -> (B, layers, H)
 
     def leave(self, inner: list[Tensor]) -> State:
-        return tuple(inner)
+        return tuple(s.transpose(0, 1).contiguous() for s in inner)
 
     def step(self, tokens: Tensor, inner: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        out, state = self.model(tokens[:, None], tuple(inner))  # (B, 1, V)
-        return out[:, -1], list(state)
+        out, state = self.model(tokens[:, None], self.leave(inner))  # (B, 1, V)
+        return out[:, -1], self.enter(state)
 
 
 def _lstm_gates(weight: Tensor, hidden: int) -> Tensor:
