@@ -58,6 +58,12 @@ def fingerprint(tokenizer: Tokenizer) -> str:
     return digest.hexdigest()
 
 
+def unwritten_ids(tokenizer: Tokenizer) -> list[int]:
+    """Ids no training text contains (the unknown and control tokens): a sampler never draws
+    them, else an undertrained model would write U+FFFD or nothing."""
+    return [i for i, piece in enumerate(tokenizer.token_bytes) if piece in (UNKNOWN.encode(), b"")]
+
+
 def token_chars(tokenizer: Tokenizer) -> np.ndarray:
     """Characters each id stands for (its UTF-8 lead bytes): a byte piece carrying the middle of a
     character counts 0, so any run of tokens covers exactly the characters its text has."""

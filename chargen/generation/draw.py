@@ -67,11 +67,17 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 
 
 def choose(
-    logits: Tensor, config: SampleConfig, uniforms: Tensor | None, with_probs: bool = True
+    logits: Tensor,
+    config: SampleConfig,
+    uniforms: Tensor | None,
+    with_probs: bool = True,
+    banned: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Next token per stream and (if asked) the probability the tempered, filtered distribution
-    gave it. uniforms: (B, 1), one per stream; greedy needs none."""
+    gave it. uniforms: (B, 1), one per stream; greedy needs none. `banned` ids are never chosen."""
     logits = logits.float()
+    if banned is not None:
+        logits = logits.index_fill(-1, banned, float("-inf"))
     if config.greedy:
         token = logits.argmax(dim=-1)
         return token, logits.softmax(dim=-1).gather(-1, token[:, None])[:, 0] if with_probs else None

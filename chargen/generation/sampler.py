@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from chargen.config import SampleConfig
-from chargen.data.tokenizers import Tokenizer
+from chargen.data.tokenizers import Tokenizer, unwritten_ids
 from chargen.generation.draw import StreamRandom, choose, fresh_seed
 from chargen.generation.inference import Stepper, make_stepper
 from chargen.generation.kernels import Conditions, choose_kernel, torch_threads
@@ -87,7 +87,7 @@ class _Run:
         with torch_threads(self.sampler.threads_for(self.threads)):
             for _ in range(steps):
                 uniforms = self.random.next() if self.random is not None else None
-                token, probs = choose(logits, config, uniforms, with_probs)
+                token, probs = choose(logits, config, uniforms, with_probs, self.sampler.banned)
                 tokens.append(token)
                 logits, inner = stepper.step(token, inner)
         self.logits, self.inner = logits, inner
@@ -157,6 +157,8 @@ class Sampler:
         start = tokenizer.encode("\n")
         self._start_id = int(start[-1]) if len(start) else 0
         self.max_token_chars = max(1, max(len(b.decode("utf-8", "replace")) for b in tokenizer.token_bytes))
+        unwritten = unwritten_ids(tokenizer)
+        self.banned = torch.tensor(unwritten, device=self.device) if unwritten else None
         most = torch.get_num_threads()
         shared = share_cores and self.device.type == "cpu" and most > 1
         self.fair = FairThreads(most, load=load, every=LOOK_EVERY) if shared else None
