@@ -17,6 +17,7 @@ from chargen.data.tokenizers import CharTokenizer
 from chargen.generation import fused
 from chargen.generation.inference import Stepper, make_stepper
 from chargen.generation.kernels import torch_threads
+from chargen.generation.products import quantize_rows
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM, State
 from tests.helpers import chargen_command, needs_precision
@@ -115,6 +116,24 @@ def test_each_path_gives_the_portable_paths_numbers_to_the_bit(isa: str) -> None
                 (got, expected), (state, expected_state) = step_together(model, steppers, tokens)
             assert all(torch.equal(a, b) for a, b in zip(got, expected)), (streams, threads)
             assert all(torch.equal(a, b) for a, b in zip(state, expected_state)), (streams, threads)
+
+
+def test_the_avx2_paths_int16_weights_are_the_int8_rows_made_at_the_first_step_of_four_streams() -> None:
+    """Groups of four streams on the avx2 path read the weights widened to int16 pairs of inputs
+    (4, H/16, K/2, 16, 2): the same integers as the int8 rows, made only when four or more
+    streams step (a one-stream run does not pay for the second copy)."""
+    needs_isa("avx2")
+    weight = torch.randn(4 * 32, 64)
+    wide = fused._widen(fused._pack(weight, 32)[0])
+    rows = quantize_rows(weight)[0].view(4, 2, 16, 32, 2).permute(0, 1, 3, 2, 4)  # gate, block, pair, unit, input
+    assert wide.dtype == torch.int16 and torch.equal(wide, rows.to(torch.int16))
+    model = lstm(2, 32)
+    stepper = fused.FusedLSTMStepper(model, CPU, isa="avx2")
+    widened = stepper._plan[4::5]  # each layer's address of its int16 weights (0: none)
+    for streams, made in ((1, False), (3, False), (4, True)):
+        inner = stepper.enter(model.initial_state(streams))
+        stepper.step(torch.zeros(streams, dtype=torch.long), inner)
+        assert bool(widened.all()) == made and bool(widened.any()) == made, streams
 
 
 @pytest.mark.parametrize("isa", ISAS)

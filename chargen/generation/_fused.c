@@ -27,6 +27,9 @@ Layouts (B streams, L layers, H hidden units, K = H for layer 0 and 2H above):
   offset  int32 (4H,)  128 * row sum of the int8 weight
   scale   float (4H,)  the row's quantisation scale
   bias    float (4H,)  zero for layer 0, whose bias is in `pre0`
+  wide    int16 (4, H/16, K/2, 16, 2)  the same weights widened, for groups of four streams on the
+                avx2 path (NULL elsewhere): one vpmaddwd makes 16 exact products, where int8 needs
+                three instructions on the multiply ports for 32 (see _fused_avx2.c)
   pre0    float (B, 4H)  layer 0's input gates (embedding row times its input weights, plus bias)
   hc      float (B, L, 2, H)  h and c, updated in place
   q_in    uint8 (B, L, H)  round(127 h) + 128 before the step (read)
@@ -127,7 +130,7 @@ static PyObject *py_runnable(PyObject *self, PyObject *unused) {
 #define ARGS 10
 
 /* step(layers, L, H, B, threads, isa, pre0, hc, q_in, q_out): addresses as ints; `layers`
-   points at L groups of four addresses (weight, offset, scale, bias); `isa` indexes ISAS. */
+   points at L groups of five addresses (weight, offset, scale, bias, wide or 0); `isa` indexes ISAS. */
 static PyObject *py_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != ARGS) {
         PyErr_SetString(PyExc_TypeError, "step takes 10 arguments");

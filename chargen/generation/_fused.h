@@ -22,6 +22,7 @@ typedef struct {
     const int32_t *offset; /* 128 * the row's sum: the correction for unsigned inputs q = round(127 h) + 128 */
     const float *scale;
     const float *bias;
+    const int16_t *wide; /* the weights as int16, (4, H/16, K/2, 16, 2), for many streams on AVX2; or NULL */
 } Layer;
 
 typedef struct {

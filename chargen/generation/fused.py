@@ -28,6 +28,8 @@ from chargen.model import CharLM, State
 PRECISION = "int8-fused"
 ISA_VARIABLE = "CHARGEN_NATIVE_ISA"
 _BLOCK = 16  # hidden units per native block
+_GROUP = 4  # streams per load of weights in the native step (MAX_STREAMS)
+_LAYER_FIELDS = 5  # addresses per layer in the plan: weight, offset, scale, bias, wide (0: none)
 
 
 def _native() -> object | None:
@@ -103,6 +105,14 @@ def _pack(weight: Tensor, hidden: int) -> tuple[Tensor, Tensor, Tensor]:
     return packed, offset.contiguous(), scale.float().contiguous()
 
 
+def _widen(packed: Tensor) -> Tensor:
+    """The native layout (4, H/16, K/4, 16, 4) int8 -> (4, H/16, K/2, 16, 2) int16: pairs of inputs
+    for the avx2 path's vpmaddwd (groups of four streams)."""
+    gates, blocks, groups = packed.shape[:3]
+    pairs = packed.view(gates, blocks, groups, _BLOCK, 2, 2).permute(0, 1, 2, 4, 3, 5)
+    return pairs.reshape(gates, blocks, 2 * groups, _BLOCK, 2).to(torch.int16).contiguous()
+
+
 class FusedLSTMStepper:
     """Inner state: hc (B, L, 2, P) fp32 (h and c, updated in place) and the levels
     round(127 h) + 128 (B, L, P) uint8 before and after the step, swapped at every step; P is
@@ -113,6 +123,7 @@ class FusedLSTMStepper:
     def __init__(self, model: CharLM, device: torch.device, isa: str | None = None) -> None:
         config = model.config
         self._isa = _isa_code(isa)  # the instruction set of the native path
+        self._widens = list(_FUSED.ISAS)[self._isa] == "avx2"  # type: ignore[union-attr]
         H = self.hidden = config.hidden
         P = self._padded = -(-H // _BLOCK) * _BLOCK
         self.layers = config.layers
@@ -122,6 +133,7 @@ class FusedLSTMStepper:
             bias0 = _pad_gates(rnn["bias_ih_l0"] + rnn["bias_hh_l0"], H, P)
             self._input_gates = InputGates(embed, _pad_gates(rnn["weight_ih_l0"], H, P), bias0)  # tokens -> (B, 4P)
             self._keep: list[Tensor] = []  # the buffers whose addresses the native step holds
+            self._packed: list[Tensor] = []
             addresses = []
             for layer in range(self.layers):
                 weight = rnn[f"weight_hh_l{layer}"] / INT8_H_SCALE
@@ -132,9 +144,19 @@ class FusedLSTMStepper:
                 weight, bias = _pad_gates(_pad_inputs(weight, H, P), H, P), _pad_gates(bias, H, P)
                 buffers = [*_pack(weight, P), bias.contiguous()]
                 self._keep += buffers
-                addresses += [b.data_ptr() for b in buffers]
+                self._packed.append(buffers[0])
+                addresses += [b.data_ptr() for b in buffers] + [0]
             self._plan = torch.tensor(addresses, dtype=torch.int64)
         self._scores = model.head.step_scorer(device, 1.0)  # h (B, H) -> (B, V)
+
+    def _widen_weights(self) -> None:
+        """Give the avx2 path its int16 weights (twice the int8 bytes), at the first step of four
+        or more streams: only a many-stream run pays for the second copy."""
+        self._widens = False
+        for layer, packed in enumerate(self._packed):
+            wide = _widen(packed)
+            self._keep.append(wide)
+            self._plan[_LAYER_FIELDS * layer + 4] = wide.data_ptr()
 
     def enter(self, state: State) -> list[Tensor]:
         pad = self._padded - self.hidden
@@ -151,6 +173,8 @@ class FusedLSTMStepper:
         hc, before, after = inner
         if len(tokens) != len(hc):  # the native step writes len(tokens) rows of the state
             raise ValueError(f"{len(tokens)} tokens for {len(hc)} streams")
+        if self._widens and len(tokens) >= _GROUP:
+            self._widen_weights()
         pre0 = self._input_gates(tokens)
         _FUSED.step(  # type: ignore[union-attr]
             self._plan.data_ptr(),
