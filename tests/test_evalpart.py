@@ -60,7 +60,7 @@ def test_the_part_is_chosen_once_stored_and_reused_on_a_resume_elsewhere(long_co
 
     resumed = start(long_corpus, out, refuse, resume=True)  # a faster machine: nothing is timed
     assert resumed.config.eval_chars == chosen and resumed.eval_part == slow.eval_part
-    assert resumed._part_streams.spans == slow._part_streams.spans
+    assert resumed.validation.part_streams.spans == slow.validation.part_streams.spans
     assert start(long_corpus, tmp_path / "fast.pt", timer(FAST)).eval_part.per_row is None  # a new run there
 
 
@@ -87,7 +87,7 @@ def test_the_result_is_the_best_model_on_the_whole_tail(long_corpus: Path, tmp_p
     assert progress.result_val_loss == pytest.approx(full_bpc(trainer, model), abs=1e-5)
     assert best["metrics"]["result_bpc"] == progress.result_val_loss
     assert best["metrics"]["eval_chars"] == trainer.eval_part.chars < best["metrics"]["val_chars"]
-    part_only = total_bits(model, trainer._part_streams, trainer.device) / trainer.eval_part.chars
+    part_only = total_bits(model, trainer.validation.part_streams, trainer.device) / trainer.eval_part.chars
     assert best["metrics"]["best_val_bpc"] == pytest.approx(part_only, abs=1e-5)
     assert min(e.val_bpc for e in recorder.evals) == best["metrics"]["best_val_bpc"]
     assert abs(progress.result_val_loss - progress.best_val_loss) > 1e-4  # they do read different text

@@ -242,4 +242,4 @@ def _describe_run(trainer: Any, display: Any) -> None:
         + (f" · resuming at step {trainer.progress.step}" if trainer.progress.step else ""),
         highlight=False,
     )
-    display.console.print(trainer.describe_eval_part(), highlight=False)
+    display.console.print(trainer.validation.describe(), highlight=False)

@@ -10,6 +10,7 @@ another machine reads the same part. The run's result is one reading of the whol
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from chargen.analysis.evaluate import EVAL_BURN_IN, characters_scored
-from chargen.config import EVAL_ALL, EVAL_AUTO
-from chargen.data.batches import EvalStreams
+from chargen.analysis.evaluate import EVAL_BURN_IN, characters_scored, eval_streams, read_bits, total_bits
+from chargen.config import EVAL_ALL, EVAL_AUTO, TrainConfig
+from chargen.data.batches import Dataset, EvalStreams
 from chargen.data.tokenizers import Tokenizer
 from chargen.device import autocast
 from chargen.model import CharLM
@@ -90,3 +91,47 @@ class EvalPart:
             f"evaluations read {self.chars:,} of the {self.all_chars:,} validation characters "
             f"({rows} evenly spaced spans; {why}, --eval-chars to change); the result reads them all"
         )
+
+
+class Validation:
+    """A run's validation tail and the part of it its evaluations read, chosen on first use.
+    `measure` gives this machine's (every rank's slowest) seconds per time step of the reading."""
+
+    def __init__(
+        self, config: TrainConfig, data: Dataset, tokenizer: Tokenizer, measure: Callable[[EvalStreams], float]
+    ) -> None:
+        self.streams = eval_streams(data.val_ids)
+        self.chars = data.val_chars
+        self.chosen = config.eval_chars == EVAL_AUTO
+        if self.chosen:
+            eval_chars = EVAL_ALL
+            if self.streams.length > 4 * TIMED_STEPS:
+                tokens_per_char = (len(data.val_ids) - 1) / data.val_chars
+                eval_chars = choose_chars(self.streams, tokens_per_char, measure(self.streams))
+            config = dataclasses.replace(config, eval_chars=eval_chars)
+        self.config = config  # with the part chosen: the setting a checkpoint keeps
+        self.part = EvalPart.of(self.streams, config.eval_chars, tokenizer, data.val_chars)
+        self.part_streams = self.streams.limited(self.part.per_row or 0)
+
+    def describe(self) -> str:
+        return self.part.describe(len(self.streams.spans), self.chosen)
+
+    def whole(self, model: CharLM, device: torch.device, dtype: torch.dtype | None) -> float:
+        """Bits per character of the whole tail."""
+        return total_bits(model, self.streams, device, dtype) / self.chars
+
+    def read(self, model: CharLM, device: torch.device, dtype: torch.dtype | None, whole: bool) -> tuple[float, float]:
+        """The part's bits per character and, with `whole` (or where the part is everything), the
+        whole tail's (else NaN): both from one reading."""
+        per_row = self.part.per_row
+        if per_row is None:
+            bpc = self.whole(model, device, dtype)
+            return bpc, bpc
+        if whole:
+            bits, within = read_bits(model, self.streams, device, dtype, within=per_row)
+            return within / self.part.chars, bits / self.chars
+        return total_bits(model, self.part_streams, device, dtype) / self.part.chars, math.nan
+
+    def whole_costs(self) -> float:
+        """How many times a reading of the part the whole tail takes."""
+        return self.streams.length / self.part_streams.length if self.part.per_row is not None else 1.0

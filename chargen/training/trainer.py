@@ -4,7 +4,6 @@ best/last checkpoints that a run can resume from. The loop itself is chargen.tra
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,17 +12,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chargen.analysis.evaluate import eval_streams, read_bits, total_bits
 from chargen.checkpoint import load_checkpoint, save_checkpoint
-from chargen.config import EVAL_ALL, EVAL_AUTO, SampleConfig, TrainConfig, to_dict
-from chargen.data.batches import Cursor, Dataset, StreamBatches
+from chargen.config import SampleConfig, TrainConfig, to_dict
+from chargen.data.batches import Cursor, Dataset, EvalStreams, StreamBatches
 from chargen.data.tokenizers import Tokenizer
 from chargen.device import autocast
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM, State, detach_state
 from chargen.model.dropout import Masks
 from chargen.training.distributed import World
-from chargen.training.evalpart import TIMED_STEPS, EvalPart, StepTimer, choose_chars, time_step
+from chargen.training.evalpart import EvalPart, StepTimer, Validation, time_step
 from chargen.training.events import Callbacks, EvalEvent
 from chargen.training.loop import Interrupted, Progress, TrainingLoop, lr_at
 
@@ -79,11 +77,8 @@ class Trainer(TrainingLoop):
         self.rows = self.world.rows(config.batch_size)  # this rank's streams
         self.local_batch = self.rows.stop - self.rows.start
         self.scorer = self.world.wrap(_Scorer(model), device)
-        self.val_streams = eval_streams(data.val_ids)
-        self.part_chosen = config.eval_chars == EVAL_AUTO
-        self.config = config = self._choose_part(step_timer)
-        self.eval_part = EvalPart.of(self.val_streams, config.eval_chars, tokenizer, data.val_chars)
-        self._part_streams = self.val_streams.limited(self.eval_part.per_row or 0)
+        self.validation = Validation(config, data, tokenizer, lambda streams: self._measure(streams, step_timer))
+        self.config = config = self.validation.config
         self._whole_bpc = math.nan  # of the whole tail, when the last evaluation read it
         self._eval_seconds = 0.0
         self.tokens_per_char = len(data.train_ids) / data.train_chars
@@ -138,42 +133,24 @@ class Trainer(TrainingLoop):
             return math.nan
         return sum(losses) / len(losses) * self.tokens_per_char / math.log(2)
 
-    def _choose_part(self, step_timer: StepTimer) -> TrainConfig:
-        """The run's setting of the part evaluations read: chosen here, once, at its first start;
-        every rank takes the slowest rank's timing."""
-        if self.config.eval_chars != EVAL_AUTO:
-            return self.config
-        chars = EVAL_ALL
-        if self.val_streams.length > 4 * TIMED_STEPS:
-            seconds = step_timer(self.model, self.val_streams, self.device, self.dtype)
-            seconds = self.world.agree_max([seconds])[0]
-            tokens_per_char = (len(self.data.val_ids) - 1) / self.data.val_chars
-            chars = choose_chars(self.val_streams, tokens_per_char, seconds)
-        return dataclasses.replace(self.config, eval_chars=chars)
+    def _measure(self, streams: EvalStreams, step_timer: StepTimer) -> float:
+        return self.world.agree_max([step_timer(self.model, streams, self.device, self.dtype)])[0]
 
-    def describe_eval_part(self) -> str:
-        return self.eval_part.describe(len(self.val_streams.spans), self.part_chosen)
+    @property
+    def eval_part(self) -> EvalPart:
+        return self.validation.part
 
     def validation_bpc(self) -> float:
         """Of the whole validation tail."""
-        return total_bits(self.model, self.val_streams, self.device, self.dtype) / self.data.val_chars
+        return self.validation.whole(self.model, self.device, self.dtype)
 
     def validate(self) -> float:
         """Of the run's part of the tail; the last evaluation reads all of it, keeping both figures."""
-        part = self.eval_part
-        if part.per_row is None:
-            self._whole_bpc = self.validation_bpc()
-            return self._whole_bpc
-        if self.finishing:
-            whole, within = read_bits(self.model, self.val_streams, self.device, self.dtype, within=part.per_row)
-            self._whole_bpc = whole / self.data.val_chars
-            return within / part.chars
-        return total_bits(self.model, self._part_streams, self.device, self.dtype) / part.chars
+        part_bpc, self._whole_bpc = self.validation.read(self.model, self.device, self.dtype, whole=self.finishing)
+        return part_bpc
 
     def final_extra_seconds(self) -> float:
-        if self.eval_part.per_row is None:
-            return 0.0
-        return self._eval_seconds * (self.val_streams.length / self._part_streams.length - 1)
+        return self._eval_seconds * (self.validation.whole_costs() - 1)
 
     def finish(self) -> None:
         """The run's result is the best model's figure on the whole tail: from the last evaluation's
@@ -191,8 +168,7 @@ class Trainer(TrainingLoop):
                 return
             best = copy.deepcopy(self.model)
             best.load_state_dict(weights)
-            whole = total_bits(best, self.val_streams, self.device, self.dtype) / self.data.val_chars
-            p.result_val_loss = self.world.agree_max([whole])[0]
+            p.result_val_loss = self.world.agree_max([self.validation.whole(best, self.device, self.dtype)])[0]
         if self.best_path is not None and self.world.is_main:
             payload = load_checkpoint(self.best_path)
             payload["metrics"]["result_bpc"] = p.result_val_loss
