@@ -14,6 +14,7 @@ from chargen.analysis.evaluate import eval_streams, read_bits, total_bits
 from chargen.checkpoint import build_model, load_checkpoint, save_checkpoint
 from chargen.config import EVAL_ALL, ModelConfig
 from chargen.model import CharLM
+from chargen.training.evalpart import time_step
 from chargen.training.run import TrainRequest, prepare
 from chargen.training.trainer import Trainer
 from tests.helpers import ENGLISH, Recorder, assert_clear_error, run_cli, tiny_flags, tiny_model, tiny_train
@@ -132,6 +133,7 @@ def test_the_part_is_the_first_targets_of_each_row_of_the_whole_reading() -> Non
     assert whole == pytest.approx(total_bits(model, streams, torch.device("cpu")), rel=1e-6)
     assert within == pytest.approx(total_bits(model, part, torch.device("cpu")), rel=1e-6)
     assert total_bits(model, part, torch.device("cpu")) == total_bits(model, part, torch.device("cpu"))
+    assert 0 < time_step(model, streams, torch.device("cpu"), None) < 0.1  # the real timer, seconds per step
 
 
 def test_the_cli_says_what_evaluations_read_and_refuses_a_bad_count(
