@@ -27,7 +27,6 @@ validation bpc each reached and how many steps it took.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from chargen.analysis.evaluate import eval_streams
+from chargen.analysis.evaluate import eval_streams, total_bits
+from chargen.checkpoint import load_checkpoint
 from chargen.config import ADAPTIVE_ABOVE, SampleConfig
 from chargen.generation.kernels import cpu_model
 from chargen.generation.sampler import Sampler
@@ -90,8 +90,8 @@ def _timed(run: Callable[[], object]) -> float:
 
 def eval_seconds(trainer: Trainer, repeats: int) -> float:
     """The trainer's validation pass over the first EVAL_TOKENS validation tokens."""
-    trainer.val_streams = eval_streams(trainer.data.val_ids[:EVAL_TOKENS])
-    return best_seconds(trainer.validation_bpc, repeats)
+    streams = eval_streams(trainer.data.val_ids[:EVAL_TOKENS])
+    return best_seconds(lambda: total_bits(trainer.model, streams, trainer.device, trainer.dtype), repeats)
 
 
 def sampling_rate(trainer: Trainer, streams: int, length: int, repeats: int) -> float:
@@ -168,9 +168,9 @@ def quality(args: argparse.Namespace, folder: Path) -> None:
         if args.threads:
             command += ["--threads", str(args.threads)]
         subprocess.run(command, check=True)
-        log = [json.loads(line) for line in out.with_name(f"{out.stem}.metrics.jsonl").read_text().splitlines()]
-        results[output] = min(r["val_bpc"] for r in log)
-        print(f"  {output:<8} best val {results[output]:.3f} bpc after {log[-1]['step']} steps")
+        metrics = load_checkpoint(out.with_name(f"{out.stem}.last.pt"))["metrics"]  # result: the best model, whole tail
+        results[output] = metrics["result_bpc"]
+        print(f"  {output:<8} best val {results[output]:.3f} bpc after {metrics['step']} steps")
     if len(results) == 2:
         print(f"summary: adaptive - full = {results['adaptive'] - results['full']:+.3f} bpc")
 

@@ -114,6 +114,10 @@ class TokenizerConfig:
         _require(self.sample_chars >= 1, f"--sp-sample-chars must be positive, got {self.sample_chars}")
 
 
+EVAL_AUTO = 0  # TrainConfig.eval_chars: chosen for time at the run's first start (chargen.training.evalpart)
+EVAL_ALL = -1  # ...: the whole validation tail
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train. Budgets combine: training stops at whichever is reached first."""
@@ -132,6 +136,7 @@ class TrainConfig:
     patience: int = 0  # evaluations without improvement before stopping; 0 disables
     val_frac: float = 0.1
     val_max_chars: int = 300_000  # caps the validation tail: ~5 s per evaluation of the default model on 2 cores
+    eval_chars: int = EVAL_AUTO  # of the tail read by evaluations during the run: EVAL_AUTO, EVAL_ALL or a count
     seed: int = 1337
     device: str = "auto"
     threads: int = 0  # 0 means torch's default
@@ -158,6 +163,7 @@ class TrainConfig:
         _require(0 < self.val_frac < 0.5, f"--val-frac must be in (0, 0.5), got {self.val_frac}")
         _require(self.val_max_chars >= 2, f"--val-max-chars must be at least 2, got {self.val_max_chars}")
         _require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
+        _require(self.eval_chars >= EVAL_ALL, f"--eval-chars must be auto, all or a count, got {self.eval_chars}")
         _require(
             self.precision in ("auto", "fp32", "bf16"),
             f"--precision must be auto, fp32 or bf16, got {self.precision!r}",

@@ -39,7 +39,6 @@ def eval_streams(ids: torch.Tensor) -> EvalStreams:
     return EvalStreams.build(ids, rows, EVAL_BURN_IN)
 
 
-@torch.inference_mode()
 def total_bits(
     model: CharLM,
     streams: EvalStreams,
@@ -48,19 +47,39 @@ def total_bits(
     progress: Callable[[int, int], None] | None = None,
 ) -> float:
     """Summed over every scored target; `progress` hears (tokens read, tokens in all) per window."""
+    return read_bits(model, streams, device, dtype, progress)[0]
+
+
+@torch.inference_mode()
+def read_bits(
+    model: CharLM,
+    streams: EvalStreams,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    within: int | None = None,
+) -> tuple[float, float]:
+    """Bits summed over every scored target, and over each row's first `within` scored targets
+    (the part `streams.limited(within)` reads, from the same pass: a run's last evaluation gives
+    the whole tail's figure and the part's, comparable with its earlier ones, at the cost of one)."""
     was_training = model.training
     model.eval()
     state = None
-    nats = 0.0
+    nats, part_nats = 0.0, 0.0
     length, rows = streams.length, len(streams.spans)
+    limits = torch.tensor([start + warm + (within or 0) for start, _, warm in streams.spans])
     for start, (x, y, keep) in zip(range(0, length, EVAL_WINDOW), streams.windows(EVAL_WINDOW)):
         with autocast(device, dtype):
             token_nll, state = model.nll(x.to(device), y.to(device), state)
-        nats += float((token_nll * keep.to(device)).sum())
+        token_nll = token_nll.float() * keep.to(device)
+        nats += float(token_nll.sum())
+        if within is not None:
+            at = torch.arange(start, start + x.shape[1]) + torch.tensor([s for s, _, _ in streams.spans])[:, None]
+            part_nats += float((token_nll * (at < limits[:, None]).to(device)).sum())
         if progress is not None:
             progress(min(start + EVAL_WINDOW, length) * rows, length * rows)
     model.train(was_training)
-    return nats / math.log(2)
+    return nats / math.log(2), part_nats / math.log(2)
 
 
 def bits_per_char(

@@ -38,8 +38,9 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A chargen checkpoint."
         ("parameters", f"{loaded.model.num_parameters():,}"),
         ("tokenizer", f"{loaded.tokenizer.kind}, vocab {loaded.tokenizer.vocab_size}"),
         ("steps", f"{metrics.get('step')}  (epoch {metrics.get('epoch', 0):.2f})"),
-        ("val bpc", _num(metrics.get("val_bpc"))),
-        ("best val bpc", _num(metrics.get("best_val_bpc"))),
+        ("val bpc", _num(metrics.get("val_bpc")) + _part(metrics)),
+        ("best val bpc", _num(metrics.get("best_val_bpc")) + _part(metrics)),
+        ("result bpc", _num(metrics.get("result_bpc")) + "  (best model, whole validation tail)"),
         ("val bpc curve", _curve(p.get("history"))),
         ("training time", f"{metrics.get('elapsed', 0):.0f}s"),
         ("corpus", f"{corpus.get('source', '?')} ({corpus.get('chars', 0):,} chars)"),
@@ -68,3 +69,9 @@ def _curve(history: list[dict[str, float]] | None) -> str:
     if not line:
         return "-"
     return f"{_num(values[0])} {line} {_num(values[-1])}  ({len(values)} evaluations)"
+
+
+def _part(metrics: dict[str, Any]) -> str:
+    """What the evaluations during the run read, where that was less than the whole tail."""
+    part, whole = metrics.get("eval_chars"), metrics.get("val_chars")
+    return f"  (over {part:,} of {whole:,} validation chars)" if part and whole and part < whole else ""

@@ -38,6 +38,13 @@ def train(
             help=f"At most this many characters held out (and of --val-file) [{default(TrainConfig, 'val_max_chars')}]."
         ),
     ] = None,
+    eval_chars: Annotated[
+        str | None,
+        typer.Option(
+            help="Characters of the validation tail each evaluation during the run reads: a count, all, "
+            "or auto (what takes ~3 s on this machine, chosen at the first start) [auto]; the result reads all."
+        ),
+    ] = None,
     tokenizer: common.TokenizerKind = None,
     vocab_size: common.VocabSize = None,
     sp_type: Annotated[
@@ -134,6 +141,7 @@ def train(
             patience=patience,
             val_frac=val_frac,
             val_max_chars=val_max_chars,
+            eval_chars=parse_eval_chars(eval_chars),
             seed=seed,
             device=device,
             threads=threads,
@@ -145,6 +153,25 @@ def train(
         grow_vocab=grow_vocab,
     )
     run_training(request, quiet, group_timeout(dist_timeout))
+
+
+def parse_eval_chars(text: str | None) -> int | None:
+    """--eval-chars as TrainConfig.eval_chars (None: not given)."""
+    from chargen.config import EVAL_ALL, EVAL_AUTO
+    from chargen.errors import ConfigError
+
+    if text is None:
+        return None
+    named = {"auto": EVAL_AUTO, "all": EVAL_ALL}
+    if text.strip().lower() in named:
+        return named[text.strip().lower()]
+    try:
+        count = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"--eval-chars must be auto, all or a positive count of characters, not {text!r}")
+    return count
 
 
 def group_timeout(text: str | None) -> float | None:
@@ -183,9 +210,15 @@ def _train(request: Any, display: Any, quiet: bool) -> str:
     if not quiet:
         _describe_run(trainer, display)
     progress = trainer.run()
+    part = trainer.eval_part
+    read = (
+        ""
+        if part.per_row is None
+        else f" (evaluations during the run, over {part.chars:,} of them: best {progress.best_val_loss:.3f})"
+    )
     return (
-        f"done: step {progress.step}, best val {progress.best_val_loss:.3f} bpc, "
-        f"saved {trainer.best_path} (last: {trainer.last_path})"
+        f"done: step {progress.step}, val {progress.result_val_loss:.3f} bpc over all {part.all_chars:,} validation "
+        f"characters{read}, saved {trainer.best_path} (last: {trainer.last_path})"
     )
 
 
@@ -209,3 +242,4 @@ def _describe_run(trainer: Any, display: Any) -> None:
         + (f" · resuming at step {trainer.progress.step}" if trainer.progress.step else ""),
         highlight=False,
     )
+    display.console.print(trainer.validation.describe(), highlight=False)

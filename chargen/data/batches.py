@@ -105,6 +105,11 @@ class EvalStreams:
     def length(self) -> int:
         return max(last - start for start, last, _ in self.spans)
 
+    def limited(self, targets_per_row: int) -> EvalStreams:
+        """The same rows scoring only their first `targets_per_row` targets: evenly spaced
+        contiguous spans of the text, whose figures are a subset of the whole reading's."""
+        return EvalStreams(self.ids, [(s, min(last, s + warm + targets_per_row), warm) for s, last, warm in self.spans])
+
     def windows(self, width: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """(inputs, targets, scored), each (rows, <= width), along the rows in step."""
         for offset in range(0, self.length, width):

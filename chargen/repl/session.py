@@ -22,7 +22,8 @@ from chargen.repl.commands import BY_FIELD, HELP, Command, CommandError
 
 def describe_model(checkpoint: Path, payload: dict[str, Any], vocab_size: int) -> str:
     m, metrics = payload["model_config"], payload.get("metrics", {})
-    bpc = metrics.get("best_val_bpc") or metrics.get("val_bpc")
+    results = [metrics.get(k) for k in ("result_bpc", "best_val_bpc", "val_bpc")]
+    bpc = next((v for v in results if v is not None and math.isfinite(v)), None)
     parts = [
         "chargen",
         checkpoint.name,

@@ -46,6 +46,7 @@ class Progress:
     last_val_loss: float = math.nan
     evals_without_improvement: int = 0
     nonfinite_steps: int = 0
+    result_val_loss: float = math.nan  # the run's result, once it has ended (a subclass's `finish`)
 
 
 def lr_at(config: TrainConfig, step: int, fraction_done: float) -> float:
@@ -80,6 +81,7 @@ class TrainingLoop(ABC):
         self.fair_threads = FairThreads(most) if shared else None  # chargen's own thread count follows the load
         self._stop_requested = False  # by Ctrl-C, on this rank
         self._interrupted = False  # agreed by every rank: only this one steers the loop
+        self.finishing = False  # the evaluation underway is the run's last by its budget
 
     # --- what a subclass supplies -------------------------------------------------------------
     @abstractmethod
@@ -109,6 +111,14 @@ class TrainingLoop(ABC):
     @abstractmethod
     def evaluated(self, improved: bool, train_losses: list[float], eval_seconds: float) -> None:
         """After each evaluation (`progress` already updated): keep what is worth keeping, tell the front end."""
+
+    def final_extra_seconds(self) -> float:
+        """How much longer than the last evaluation the run's last one will take."""
+        return 0.0
+
+    def finish(self) -> None:
+        """The run has ended by its budget or patience: settle `progress.result_val_loss`."""
+        self.progress.result_val_loss = self.progress.best_val_loss
 
     @abstractmethod
     def interrupted(self) -> str:
@@ -234,8 +244,9 @@ class TrainingLoop(ABC):
             )
             self._interrupted = bool(stop_requested)
             time_left = c.max_time - p.elapsed if c.max_time else math.inf
-            finishing = self.fraction_done() >= 1.0 or time_left <= last_eval_seconds
+            finishing = self.fraction_done() >= 1.0 or time_left <= last_eval_seconds + self.final_extra_seconds()
             if p.step % c.eval_every == 0 or finishing:
+                self.finishing = finishing
                 stop = self._evaluate(window_losses)
                 last_eval_seconds = time.perf_counter() - clock
                 p.elapsed += last_eval_seconds
@@ -246,9 +257,11 @@ class TrainingLoop(ABC):
                         f"stopping early: validation has not improved for {c.patience} evaluations"
                     )
                 if stop or finishing:
+                    self.finish()
                     return
         if self._interrupted:
             raise Interrupted(self.interrupted())
+        self.finish()  # a resumed run whose budget was already spent
 
     def _evaluate(self, train_losses: list[float]) -> bool:
         """Validate and record the loss. True when patience has run out."""

@@ -23,6 +23,7 @@ from chargen.data.tokenized import tokenize
 from chargen.device import select_device, select_precision
 from chargen.errors import CheckpointError, ConfigError, CorpusError
 from chargen.training.distributed import World
+from chargen.training.evalpart import StepTimer, time_step
 from chargen.training.events import Callbacks, WorkEvent
 from chargen.training.finetune import fine_tune_start
 from chargen.training.start import TrainRequest, new_start, resumed_start
@@ -52,9 +53,15 @@ def check_writable(path: Path) -> None:
         raise ConfigError(f"--out {path} is a folder; give a file name such as {path / 'model.pt'}")
 
 
-def prepare(request: TrainRequest, callbacks: Callbacks | None = None, world: World | None = None) -> Trainer:
+def prepare(
+    request: TrainRequest,
+    callbacks: Callbacks | None = None,
+    world: World | None = None,
+    step_timer: StepTimer = time_step,
+) -> Trainer:
     """A trainer for this process; under torchrun, for this rank of `world`. A group that torchrun
-    restarted after a failure continues from its last checkpoint, as --resume would."""
+    restarted after a failure continues from its last checkpoint, as --resume would. `step_timer`
+    times the evaluation at a first start (chargen.training.evalpart)."""
     callbacks = callbacks or Callbacks()
     world = world or World.from_env()
     out = request.out or default_out(request.corpus)
@@ -102,10 +109,14 @@ def prepare(request: TrainRequest, callbacks: Callbacks | None = None, world: Wo
     for path in (out, last_checkpoint_path(out)):  # left by a run killed in the middle of a save
         remove_stale_temps(path)
     if start.resume is None:
-        return Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, world=world)
+        return Trainer(
+            model, tokenizer, data, train_config, out, device, dtype, callbacks, world=world, step_timer=step_timer
+        )
     source = last_checkpoint_path(out)
     try:
-        trainer = Trainer(model, tokenizer, data, train_config, out, device, dtype, callbacks, start.resume, world)
+        trainer = Trainer(
+            model, tokenizer, data, train_config, out, device, dtype, callbacks, start.resume, world, step_timer
+        )
     except (ValueError, KeyError, RuntimeError) as err:  # optimizer.load_state_dict, set_rng_state
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{source}: its training state cannot be restored ({reason})") from None

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from chargen.checkpoint import build_model, load_checkpoint
-from chargen.config import ModelConfig, TokenizerConfig, TrainConfig, from_dict, resolve_output
+from chargen.config import EVAL_ALL, ModelConfig, TokenizerConfig, TrainConfig, from_dict, resolve_output
 from chargen.data.corpus import ReadOptions
 from chargen.data.tokenized import Wanted, token_counts
 from chargen.data.tokenizers import Tokenizer
@@ -110,7 +110,7 @@ def _load_resumable(path: Path) -> dict[str, Any]:
 def _resumed_config(payload: dict[str, Any], request: TrainRequest) -> TrainConfig:
     """The run's own settings, with only budgets and run-time options taken from the request.
     (The corpus is compared once it has been read: see chargen.training.run's corpus check.)"""
-    old_train = payload.get("train_config", {})
+    old_train = {"eval_chars": EVAL_ALL, **payload.get("train_config", {})}  # runs from before the choice read all
     old_model = payload["model_config"]
     for given, old in ((request.model, old_model), (request.train, old_train)):
         for key, value in given.items():

@@ -12,16 +12,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chargen.analysis.evaluate import eval_streams, total_bits
-from chargen.checkpoint import save_checkpoint
+from chargen.checkpoint import load_checkpoint, save_checkpoint
 from chargen.config import SampleConfig, TrainConfig, to_dict
-from chargen.data.batches import Cursor, Dataset, StreamBatches
+from chargen.data.batches import Cursor, Dataset, EvalStreams, StreamBatches
 from chargen.data.tokenizers import Tokenizer
 from chargen.device import autocast
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM, State, detach_state
 from chargen.model.dropout import Masks
 from chargen.training.distributed import World
+from chargen.training.evalpart import EvalPart, StepTimer, Validation, time_step
 from chargen.training.events import Callbacks, EvalEvent
 from chargen.training.loop import Interrupted, Progress, TrainingLoop, lr_at
 
@@ -50,8 +50,8 @@ class _Scorer(nn.Module):
 
 class Trainer(TrainingLoop):
     """With `out`, the best model is saved there and the latest state beside it (for --resume);
-    with `out=None` nothing is written and the best weights are kept in `best_weights`
-    (a classifier trains its language models that way)."""
+    with `out=None` nothing is written (a classifier trains its language models that way). The best
+    weights are kept in `best_weights` either way."""
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class Trainer(TrainingLoop):
         callbacks: Callbacks | None = None,
         resume: dict[str, Any] | None = None,
         world: World | None = None,
+        step_timer: StepTimer = time_step,
     ) -> None:
         super().__init__(model, config, device, dtype, callbacks, world)
         self.tokenizer = tokenizer
@@ -76,7 +77,10 @@ class Trainer(TrainingLoop):
         self.rows = self.world.rows(config.batch_size)  # this rank's streams
         self.local_batch = self.rows.stop - self.rows.start
         self.scorer = self.world.wrap(_Scorer(model), device)
-        self.val_streams = eval_streams(data.val_ids)
+        self.validation = Validation(config, data, tokenizer, lambda streams: self._measure(streams, step_timer))
+        self.config = config = self.validation.config
+        self._whole_bpc = math.nan  # of the whole tail, when the last evaluation read it
+        self._eval_seconds = 0.0
         self.tokens_per_char = len(data.train_ids) / data.train_chars
         self.state: State | None = None
         self._next_state: State | None = None
@@ -129,11 +133,48 @@ class Trainer(TrainingLoop):
             return math.nan
         return sum(losses) / len(losses) * self.tokens_per_char / math.log(2)
 
+    def _measure(self, streams: EvalStreams, step_timer: StepTimer) -> float:
+        return self.world.agree_max([step_timer(self.model, streams, self.device, self.dtype)])[0]
+
+    @property
+    def eval_part(self) -> EvalPart:
+        return self.validation.part
+
     def validation_bpc(self) -> float:
-        return total_bits(self.model, self.val_streams, self.device, self.dtype) / self.data.val_chars
+        """Of the whole validation tail."""
+        return self.validation.whole(self.model, self.device, self.dtype)
 
     def validate(self) -> float:
-        return self.validation_bpc()
+        """Of the run's part of the tail; the last evaluation reads all of it, keeping both figures."""
+        part_bpc, self._whole_bpc = self.validation.read(self.model, self.device, self.dtype, whole=self.finishing)
+        return part_bpc
+
+    def final_extra_seconds(self) -> float:
+        return self._eval_seconds * (self.validation.whole_costs() - 1)
+
+    def finish(self) -> None:
+        """The run's result is the best model's figure on the whole tail: from the last evaluation's
+        reading when that model is the best, else from one more reading of the best weights."""
+        p = self.progress
+        if math.isfinite(p.result_val_loss):
+            return
+        if self.eval_part.per_row is None:
+            p.result_val_loss = p.best_val_loss
+        else:
+            weights = self.best_weights
+            if weights is None and self.best_path is not None and self.best_path.exists():
+                weights = load_checkpoint(self.best_path)["model"]
+            if weights is None:
+                return
+            best = copy.deepcopy(self.model)
+            best.load_state_dict(weights)
+            p.result_val_loss = self.world.agree_max([self.validation.whole(best, self.device, self.dtype)])[0]
+        if self.best_path is not None and self.world.is_main:
+            payload = load_checkpoint(self.best_path)
+            payload["metrics"]["result_bpc"] = p.result_val_loss
+            save_checkpoint(self.best_path, payload)
+        if self.last_path is not None:
+            self._save(self.last_path, resume=True)
 
     def evaluated(self, improved: bool, train_losses: list[float], eval_seconds: float) -> None:
         """Record the evaluation, save last (and best if improved), and show a sample."""
@@ -150,6 +191,9 @@ class Trainer(TrainingLoop):
             p.elapsed,
             sample,
         )
+        self._eval_seconds = eval_seconds
+        if self.finishing and improved:
+            p.result_val_loss = self._whole_bpc
         record = self._record(event)
         if improved:
             self._keep_best()
@@ -163,8 +207,7 @@ class Trainer(TrainingLoop):
     def _keep_best(self) -> None:
         if self.best_path is not None:
             self._save(self.best_path, resume=False)
-        else:
-            self.best_weights = copy.deepcopy(self.model.state_dict())
+        self.best_weights = copy.deepcopy(self.model.state_dict())
 
     def _sample(self) -> str:
         # The training loop's thread count already follows the load.
@@ -203,6 +246,9 @@ class Trainer(TrainingLoop):
                 "epoch": self.epoch_progress(),
                 "val_bpc": p.last_val_loss,
                 "best_val_bpc": p.best_val_loss,
+                "eval_chars": self.eval_part.chars,  # the figures above read this much of the tail
+                "val_chars": self.data.val_chars,
+                "result_bpc": p.result_val_loss,  # the best model's, on the whole tail; NaN until the run ends
                 "elapsed": p.elapsed,
                 "tokens_per_char": self.tokens_per_char,
             },
