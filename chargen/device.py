@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 
 import torch
@@ -27,8 +28,18 @@ def select_device(requested: str = "auto", *, cuda: bool | None = None, mps: boo
     return device
 
 
+# oneDNN instruction-set caps below AVX512-BF16: with one set, torch's bf16 LSTM cannot run.
+_ONEDNN_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def cpu_has_fast_bf16() -> bool:
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """AMX or AVX512-BF16, and torch not kept to an older instruction set (ATEN_CPU_CAPABILITY,
+    ONEDNN_MAX_CPU_ISA: how an AVX2-only CPU is emulated on a newer one)."""
+    hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    capped = torch.backends.cpu.get_cpu_capability() != "AVX512" or (
+        os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_WITHOUT_BF16
+    )
+    return bool(hardware) and not capped
 
 
 def select_precision(

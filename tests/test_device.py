@@ -1,5 +1,9 @@
 """Device and precision choice: the GPU path is decided by the same code, so it is tested here on CPU."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -38,3 +42,15 @@ def test_explicit_precision_wins() -> None:
     cpu = torch.device("cpu")
     assert select_precision("fp32", cpu, cpu_bf16=True) is None
     assert select_precision("bf16", cpu, cpu_bf16=False) == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "caps", [{"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"ONEDNN_MAX_CPU_ISA": "avx512_core"}]
+)
+def test_a_cpu_kept_to_an_older_instruction_set_trains_in_fp32(caps: dict[str, str]) -> None:
+    """How an AVX2-only CPU is emulated on a newer one: torch's bf16 LSTM cannot run then, so
+    'auto' must not choose it (a fresh process: torch reads these when it starts)."""
+    probe = "import torch, chargen.device as d; print(d.select_precision('auto', torch.device('cpu')))"
+    env = {**os.environ, **caps}
+    printed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    assert printed.strip() == "None"
