@@ -33,9 +33,10 @@ from starlette.routing import Route
 from chargen.analysis.surprise import read_surprise
 from chargen.generation.draw import fresh_seed
 from chargen.generation.sampler import MAX_BATCH
-from chargen.serve.batching import Closed, QueueFull, Scheduler, Stream
+from chargen.serve.batching import Closed, QueueFull, Scheduler
 from chargen.serve.models import Loaded
 from chargen.serve.requests import ApiError, Limits, completion_request, model_name, parse_json
+from chargen.serve.stream import Stream
 from chargen.serve.streaming import Completion, Delivery, Inbox
 
 RETRY_AFTER = 1  # seconds a client told 429 should wait

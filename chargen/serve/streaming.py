@@ -14,8 +14,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from chargen.serve.batching import Piece, Stream
 from chargen.serve.requests import ApiError, CompletionRequest
+from chargen.serve.stream import Piece, Stream
 
 _FINISH = {"stop": "stop", "length": "length", "shutdown": "stop"}  # the API knows only these
 
