@@ -9,7 +9,8 @@ client goes away, so a step costs only the streams still wanted.
 A step does no Python work per stream: one vectorised draw from every stream's own random numbers
 (chargen.generation.draw.StreamRandom, seeded from (request seed, stream index) exactly as
 `chargen sample` seeds stream i), and the tokens are kept as tensors. The text is decoded and
-handed out every FLUSH_EVERY seconds (a stream's first text at once, and whenever a stream may
+handed out every HAND_OUT_EVERY seconds, or less often with many streams so that the event loop
+sends at most CHUNKS_PER_SECOND chunks (a stream's first text at once, and whenever a stream may
 have reached its length), like `Sampler.completions` decodes in blocks: per-stream work in the
 step thread took the GIL from the event loop at every step. A stream's row of the int8 steps does
 not depend on the other rows (exact integer sums), so a request's text is the same alone or
@@ -35,7 +36,8 @@ from chargen.generation.kernels import torch_threads
 from chargen.generation.sampler import MAX_BATCH, Sampler
 from chargen.serve.stream import Piece, Stream
 
-FLUSH_EVERY = 0.02  # seconds between hand-outs of the text drawn since the last (50 a second at most)
+HAND_OUT_EVERY = 0.02  # seconds between hand-outs of the text drawn since the last, at least
+CHUNKS_PER_SECOND = 1000  # over all streams, at most: each costs the event loop a send and the client a read
 
 
 Deliver = Callable[[list[tuple[Stream, Piece]]], None]
@@ -69,6 +71,7 @@ class Scheduler:
         self._random = StreamRandom(0, 0)
         self._drawn: list[tuple[Tensor, Tensor | None]] = []  # tokens (and probabilities) not yet handed out
         self._handed_out = 0.0  # when the text was last handed out (time.monotonic)
+        self._every = HAND_OUT_EVERY  # seconds between hand-outs for the streams now running
         self._due = 1  # steps after which some stream may have reached its length
         self._fresh = False  # some stream has not handed out any text yet
         self._thread = threading.Thread(target=self._run, name="chargen-batch", daemon=True)
@@ -248,7 +251,7 @@ class Scheduler:
     def _hand_out_due(self) -> bool:
         if not self._drawn:
             return False
-        return self._fresh or len(self._drawn) >= self._due or time.monotonic() - self._handed_out >= FLUSH_EVERY
+        return self._fresh or len(self._drawn) >= self._due or time.monotonic() - self._handed_out >= self._every
 
     def _hand_out(self) -> None:
         """Decode what was drawn since the last hand-out, deliver it, and let finished and
@@ -269,5 +272,6 @@ class Scheduler:
                 self.deliver(pieces)
         self._leave([s for s in self._streams if s.output.done or s.cancelled])
         self._fresh = not all(s.started for s in self._streams)
+        self._every = max(HAND_OUT_EVERY, len(self._streams) / CHUNKS_PER_SECOND)
         per_token = self.sampler.max_token_chars
         self._due = max(1, min((-(-s.output.remaining() // per_token) for s in self._streams), default=1))
