@@ -16,7 +16,7 @@ import chargen
 from chargen.checkpoint import load_model
 from chargen.config import ModelConfig, SampleConfig
 from chargen.data.tokenizers import CharTokenizer, unwritten_ids
-from chargen.generation.draw import choose, filter_logits
+from chargen.generation.draw import StreamRandom, choose, filter_logits
 from chargen.generation.inference import PRECISIONS, make_stepper, step_precisions
 from chargen.generation.kernels import torch_threads
 from chargen.generation.sampler import Sampler
@@ -70,6 +70,27 @@ def test_a_sample_is_the_same_alone_or_in_a_batch(sampler: Sampler) -> None:
     alone = [sampler.generate([prime], config, first_index=i)[0] for i, prime in enumerate(PRIMES)]
     assert batch == alone
     assert batch[0] != batch[3]  # the same prime in two streams: two different samples
+
+
+def test_streams_joining_and_leaving_a_batch_draw_their_own_numbers() -> None:
+    """What `chargen serve` does: streams of other seeds join at other steps, some leave; each
+    row still gets its own stream's sequence, past the 256 numbers drawn at a time."""
+    singles = [StreamRandom(seed, 1, index) for seed, index in [(7, 0), (7, 1), (9, 3)]]
+    alone = [torch.cat([single.next() for _ in range(700)]) for single in singles]
+    batch = StreamRandom(7, 2)  # streams 0 and 1 of seed 7
+    rows: list[list[float]] = [[], [], []]
+    for step in range(700):
+        if step == 300:
+            batch.join(StreamRandom(9, 1, 3))  # joins with its block untouched, the others 44 into theirs
+        if step == 500:
+            batch.select(torch.tensor([1, 2]))  # stream 0 leaves
+        drawn = batch.next()[:, 0].tolist()
+        live = [0, 1] if step < 300 else [0, 1, 2] if step < 500 else [1, 2]
+        for row, value in zip(live, drawn):
+            rows[row].append(value)
+    assert rows[0] == alone[0][:500, 0].tolist()
+    assert rows[1] == alone[1][:, 0].tolist()
+    assert rows[2] == alone[2][:400, 0].tolist()
 
 
 def test_streaming_and_block_decoding_give_the_same_text(sampler: Sampler) -> None:

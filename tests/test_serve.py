@@ -107,12 +107,16 @@ def test_a_stream_arrives_in_chunks_that_make_the_same_text(client: openai.OpenA
     # loop hands it everything at once); what is fixed: a chunk per choice at least, each ended once.
     assert chunks >= 2 and finishes == {0: "length", 1: "length"}
     assert ["".join(parts[i]) for i in (0, 1)] == [c.text for c in whole.choices]
-    with httpx.stream("POST", f"{server.url}/v1/completions", json={**options, "stream": True}) as response:
+    asked = {**options, "stream": True, "chargen_pieces": True}  # each token's text and probability, for the colours
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=asked) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line for line in response.iter_lines() if line]
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: {") for e in events[:-1])
-    pieces = [json.loads(e[6:])["choices"][0]["chargen_pieces"] for e in events[:-1]]
-    assert all(0 < p <= 1 for chunk in pieces for _, p in chunk)  # each token's probability, for the colours
+    choices = [choice for e in events[:-1] for choice in json.loads(e[6:])["choices"]]
+    for i, choice in enumerate(whole.choices):
+        pieces = [piece for c in choices if c["index"] == i for piece in c["chargen_pieces"]]
+        assert "".join(text for text, _ in pieces) == choice.text
+        assert all(0 < p <= 1 for _, p in pieces)
 
 
 def test_a_stop_string_ends_the_text_before_it(client: openai.OpenAI) -> None:

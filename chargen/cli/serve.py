@@ -76,7 +76,7 @@ def serve(
             f"Warning: serving on {host} without --api-key: anyone who can reach this machine can use these models",
             file=sys.stderr,
         )
-    models = [f"{name} ({s.kernel.for_batch(BATCH_MEASURED).precision} step)" for name, s in loaded.generators.items()]
+    models = [f"{name} ({s.kernel.for_batch(BATCH_MEASURED).label} step)" for name, s in loaded.generators.items()]
     models += [f"{name} (classifier)" for name in loaded.classifiers]
     run(app, listening, f"chargen serve: http://{shown}:{address[1]}/ · {', '.join(models)} · Ctrl-C stops")
 

@@ -28,26 +28,52 @@ def fresh_seed() -> int:
 
 
 class StreamRandom:
-    """Per-stream uniform numbers, drawn in blocks so a step costs no Python loop over streams."""
+    """Per-stream uniform numbers, drawn in blocks so a step costs no Python loop over streams.
+
+    Each row keeps its own block and its place in it, so streams of other seeds may join a batch
+    at any step (`join`) and leave it (`select`), each going on with its own sequence: a served
+    request draws what `chargen sample` draws for the same seed, beside any others."""
 
     def __init__(self, seed: int, streams: int, first_index: int = 0, device: torch.device | str = "cpu") -> None:
         self._generators = [torch.Generator().manual_seed(stream_seed(seed, first_index + i)) for i in range(streams)]
         self._device = device
-        self._block = torch.empty(0, streams, 1, device=device)  # (steps, streams, 1)
-        self._used = 0
+        self._block = torch.empty(streams, _RANDOM_BLOCK, device=device)  # each row's next numbers
+        self._used = torch.full((streams,), _RANDOM_BLOCK, dtype=torch.long, device=device)  # all used: draw first
+        self._left = 0  # steps before some row has used its whole block
+
+    def __len__(self) -> int:
+        return len(self._generators)
 
     def next(self) -> Tensor:
-        if self._used == self._block.shape[0]:
-            block = torch.stack([torch.rand(_RANDOM_BLOCK, generator=g) for g in self._generators], dim=1)
-            self._block = block.to(self._device)[:, :, None]
-            self._used = 0
+        """One number per stream, (B, 1)."""
+        if self._left == 0:
+            self._refill()
+        self._left -= 1
+        drawn = self._block.gather(1, self._used[:, None])
         self._used += 1
-        return self._block[self._used - 1]  # (B, 1)
+        return drawn
+
+    def _refill(self) -> None:
+        rows = (self._used == _RANDOM_BLOCK).nonzero()[:, 0]
+        fresh = [torch.rand(_RANDOM_BLOCK, generator=self._generators[i]) for i in rows.tolist()]
+        self._block[rows] = torch.stack(fresh).to(self._device)
+        self._used[rows] = 0
+        self._left = _RANDOM_BLOCK - int(self._used.max())
+
+    def join(self, *others: StreamRandom) -> None:
+        """Append the others' streams, each where it stands in its own sequence."""
+        parts = [self, *others]
+        self._generators = [g for part in parts for g in part._generators]
+        self._block = torch.cat([part._block for part in parts])
+        self._used = torch.cat([part._used for part in parts])
+        self._left = min(part._left for part in parts)
 
     def select(self, keep: Tensor) -> None:
         """Keep only the streams at positions `keep` (their sequences go on unchanged)."""
         self._generators = [self._generators[i] for i in keep.tolist()]
-        self._block = self._block[:, keep.to(self._block.device)]
+        keep = keep.to(self._block.device)
+        self._block, self._used = self._block[keep], self._used[keep]
+        self._left = _RANDOM_BLOCK - int(self._used.max()) if len(keep) else 0
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:

@@ -4,18 +4,16 @@ bearer key (compared in constant time), the limits, and errors as one message in
 error format, never a traceback.
 
 Each language model has one Scheduler (chargen.serve.batching) whose thread steps every stream;
-its pieces come back to the event loop in one call per step and go to each request's queue. A
-streaming handler sends whatever has arrived since it last sent, so a slow client gets larger
-chunks rather than slowing the batch.
+its text comes back to the event loop in batches (chargen.serve.streaming), and a streaming
+handler sends whatever has arrived since it last sent, so a slow client gets larger chunks rather
+than slowing the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import sys
-import threading
 import time
 import traceback
 import uuid
@@ -35,13 +33,13 @@ from starlette.routing import Route
 from chargen.analysis.surprise import read_surprise
 from chargen.generation.draw import fresh_seed
 from chargen.generation.sampler import MAX_BATCH
-from chargen.serve.batching import Closed, Piece, QueueFull, Scheduler, Stream
+from chargen.serve.batching import Closed, QueueFull, Scheduler
 from chargen.serve.models import Loaded
-from chargen.serve.requests import ApiError, CompletionRequest, Limits, completion_request, model_name, parse_json
+from chargen.serve.requests import ApiError, Limits, completion_request, model_name, parse_json
+from chargen.serve.stream import Stream
+from chargen.serve.streaming import Completion, Delivery, Inbox
 
-_FINISH = {"stop": "stop", "length": "length", "shutdown": "stop"}  # the API knows only these
 RETRY_AFTER = 1  # seconds a client told 429 should wait
-CHUNK_EVERY = 0.02  # seconds: a stream sends at most 50 chunks a second, each holding every step since the last
 
 
 class ServeApp:
@@ -72,7 +70,7 @@ class ServeApp:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        deliver = _Delivery(asyncio.get_running_loop())
+        deliver = Delivery(asyncio.get_running_loop())
         for name, sampler in self.loaded.generators.items():
             self.schedulers[name] = Scheduler(sampler, deliver, self.max_batch, self.max_waiting)
             self.schedulers[name].start()
@@ -168,9 +166,9 @@ class ServeApp:
         ask = completion_request(await self._json(request), self.limits)
         name = self._sampler_name({"model": ask.model})
         config = ask.config if ask.config.seed is not None else replace(ask.config, seed=fresh_seed())
-        queue: asyncio.Queue[tuple[int, Piece]] = asyncio.Queue()
+        inbox = Inbox()
         primes = [p for p in ask.prompts for _ in range(ask.n)]  # choice i is stream i of the seed
-        streams = [Stream(prime, config, i, queue) for i, prime in enumerate(primes)]
+        streams = [Stream(prime, config, i, inbox, ask.chargen_pieces) for i, prime in enumerate(primes)]
         try:
             self.schedulers[name].submit(streams)
         except QueueFull:
@@ -182,7 +180,7 @@ class ServeApp:
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
         head["model"] = name
         prompt_tokens = sum(len(self.loaded.generators[name].tokenizer.encode(p)) for p in primes)
-        completion = _Completion(ask, primes, head, prompt_tokens, queue, lambda: self.schedulers[name].cancel(streams))
+        completion = Completion(ask, primes, head, prompt_tokens, inbox, lambda: self.schedulers[name].cancel(streams))
         if ask.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(completion.events(), media_type="text/event-stream", headers=headers)
@@ -222,116 +220,3 @@ class ServeApp:
         predictions = await run_in_threadpool(classifier.predict, texts)
         data = [{"index": i, **p.to_dict()} for i, p in enumerate(predictions)]
         return JSONResponse({"object": "list", "model": name, "data": data})
-
-
-class _Delivery:
-    """Pieces from the schedulers' threads to the requests' queues on the event loop: one wake-up
-    of the loop however many steps ran while it was busy, so a loaded loop does less per step."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop, self._lock = loop, threading.Lock()
-        self._pending: list[tuple[Stream, Piece]] = []
-
-    def __call__(self, pieces: list[tuple[Stream, Piece]]) -> None:
-        with self._lock:
-            wake = not self._pending
-            self._pending += pieces
-        if wake and pieces:
-            self._loop.call_soon_threadsafe(self._fan_out)
-
-    def _fan_out(self) -> None:
-        with self._lock:
-            pieces, self._pending = self._pending, []
-        for stream, piece in pieces:
-            stream.owner.put_nowait((stream.index, piece))  # type: ignore[attr-defined]
-
-
-class _Completion:
-    """One request's choices as they arrive: whole, or as server-sent events in the OpenAI format."""
-
-    def __init__(
-        self,
-        ask: CompletionRequest,
-        primes: list[str],
-        head: dict[str, Any],
-        prompt_tokens: int,
-        queue: asyncio.Queue[tuple[int, Piece]],
-        cancel: Callable[[], None],
-    ) -> None:
-        self.ask, self.primes, self.head, self.queue, self.cancel = ask, primes, head, queue, cancel
-        self.prompt_tokens, self.chars = prompt_tokens, 0
-        self.open = len(primes)
-
-    async def _arrived(self) -> dict[int, list[Piece]]:
-        """Every piece that has arrived (waiting for at least one), by choice."""
-        arrived: dict[int, list[Piece]] = {}
-        index, piece = await self.queue.get()
-        while True:
-            arrived.setdefault(index, []).append(piece)
-            self.chars += len(piece.text)
-            if piece.finish == "error":
-                raise ApiError(500, "internal server error while sampling (details are in the server's log)")
-            self.open -= piece.finish is not None
-            if self.queue.empty():
-                return arrived
-            index, piece = self.queue.get_nowait()
-
-    def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.chars,
-            "total_tokens": self.prompt_tokens + self.chars,
-        }
-
-    async def whole(self) -> dict[str, Any]:
-        texts = [[p] if self.ask.echo else [] for p in self.primes]
-        finish: list[str | None] = [None] * len(self.primes)
-        try:
-            while self.open:
-                for index, pieces in (await self._arrived()).items():
-                    texts[index] += [p.text for p in pieces]
-                    finish[index] = pieces[-1].finish
-        finally:
-            self.cancel()
-        choices = [
-            {"text": "".join(t), "index": i, "logprobs": None, "finish_reason": _FINISH.get(f or "", f)}
-            for i, (t, f) in enumerate(zip(texts, finish))
-        ]
-        return {**self.head, "choices": choices, "usage": self.usage()}
-
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
-        return f"data: {json.dumps({**self.head, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
-
-    async def events(self) -> AsyncIterator[str]:
-        """Chunks as the text is drawn; each choice's carries its pieces' probabilities
-        (`chargen_pieces`: [text, p] per token, for the playground's confidence colouring)."""
-        try:
-            if self.ask.echo:
-                yield self._chunk([_choice(i, p, None, []) for i, p in enumerate(self.primes)])
-            while self.open:
-                sent = time.monotonic()
-                try:
-                    arrived = await self._arrived()
-                except ApiError as err:
-                    yield f"data: {json.dumps(err.body())}\n\n"
-                    return
-                choices = []
-                for index, pieces in sorted(arrived.items()):
-                    shown = [[p.text, round(p.prob, 4)] for p in pieces if p.text]
-                    finish = pieces[-1].finish
-                    choices.append(_choice(index, "".join(p.text for p in pieces), finish, shown))
-                yield "".join(self._chunk([choice]) for choice in choices)
-                # The first character goes out at once; later ones wait to share a chunk: sending
-                # a chunk per step and stream would cost the loop more than the step itself.
-                if self.open:
-                    await asyncio.sleep(CHUNK_EVERY - (time.monotonic() - sent))
-            if self.ask.include_usage:
-                yield self._chunk([], usage=self.usage())
-            yield "data: [DONE]\n\n"
-        finally:
-            self.cancel()  # a client gone mid-stream: its streams leave the batch before the next step
-
-
-def _choice(index: int, text: str, finish: str | None, pieces: list[list[Any]]) -> dict[str, Any]:
-    found = {"text": text, "index": index, "logprobs": None, "finish_reason": _FINISH.get(finish or "", finish)}
-    return {**found, "chargen_pieces": pieces}

@@ -6,20 +6,25 @@ on the kernel's threads), `choose` for the draw and TextOutput for the text. Str
 steps (their priming texts read together by Sampler.read) and leave when done or as soon as their
 client goes away, so a step costs only the streams still wanted.
 
-A stream draws from its own random numbers, seeded from (request seed, stream index) exactly as
-`chargen sample` seeds stream i (chargen.generation.draw.StreamRandom), and a stream's row of the
-int8 steps does not depend on the other rows (exact integer sums), so a request's text is the same
-alone or beside others. Streams whose temperature, top-k or top-p differ are drawn in groups.
+A step does no Python work per stream: one vectorised draw from every stream's own random numbers
+(chargen.generation.draw.StreamRandom, seeded from (request seed, stream index) exactly as
+`chargen sample` seeds stream i), and the tokens are kept as tensors. The text is decoded and
+handed out every HAND_OUT_EVERY seconds, or less often with many streams so that the event loop
+sends at most CHUNKS_PER_SECOND chunks (a stream's first text at once, and whenever a stream may
+have reached its length), like `Sampler.completions` decodes in blocks: per-stream work in the
+step thread took the GIL from the event loop at every step. A stream's row of the int8 steps does
+not depend on the other rows (exact integer sums), so a request's text is the same alone or
+beside others. Streams whose temperature, top-k or top-p differ are drawn in groups.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -29,36 +34,10 @@ from chargen.generation.draw import StreamRandom, choose
 from chargen.generation.inference import ModelStepper, Stepper
 from chargen.generation.kernels import torch_threads
 from chargen.generation.sampler import MAX_BATCH, Sampler
-from chargen.generation.text_output import TextOutput
+from chargen.serve.stream import Piece, Stream
 
-
-@dataclass(frozen=True)
-class Piece:
-    """What one step gave one stream: new text (may be empty), the probability of the token just
-    drawn under the stream's settings, and why the stream ended, once it has."""
-
-    text: str
-    prob: float
-    finish: str | None = None  # "stop" (a stop string), "length", "shutdown" or "error"
-
-
-class Stream:
-    """One stream of one request. `owner` is whatever the caller uses to route its pieces."""
-
-    def __init__(self, prime: str, config: SampleConfig, index: int, owner: object = None) -> None:
-        if config.seed is None:
-            raise ValueError("a served stream needs a seed (its text must be repeatable)")
-        self.prime, self.config, self.index, self.owner = prime, config, index, owner
-        self.output = TextOutput(config.length, config.stop)
-        self.random = None if config.greedy else StreamRandom(config.seed, 1, index)
-        self.draw_key = (config.temperature, config.top_k, config.top_p)
-        self.cancelled = False  # the client went away: dropped before the next step
-
-    @property
-    def finish(self) -> str | None:
-        if not self.output.done:
-            return None
-        return "stop" if self.output.stopped else "length"
+HAND_OUT_EVERY = 0.02  # seconds between hand-outs of the text drawn since the last, at least
+CHUNKS_PER_SECOND = 1000  # over all streams, at most: each costs the event loop a send and the client a read
 
 
 Deliver = Callable[[list[tuple[Stream, Piece]]], None]
@@ -73,8 +52,8 @@ class Closed(Exception):
 
 
 class Scheduler:
-    """The batch and the thread that steps it. `deliver` is called from that thread once per step
-    with every stream's new piece; it must not block."""
+    """The batch and the thread that steps it. `deliver` is called from that thread at every
+    hand-out with each stream's new piece; it must not block."""
 
     def __init__(self, sampler: Sampler, deliver: Deliver, max_streams: int = MAX_BATCH, max_waiting: int = 64) -> None:
         self.sampler, self.deliver = sampler, deliver
@@ -82,11 +61,19 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: deque[list[Stream]] = deque()  # requests not yet in the batch
         self._closing = False
+        self._cancelled = False  # some stream was cancelled since the last hand-out
         self._streams: list[Stream] = []  # the batch's rows, in order
         self._groups: list[tuple[SampleConfig, Tensor | None]] = []  # draw settings and their rows
+        self._with_probs = False  # some stream hands out each token's probability
         self._stepper: Stepper | None = None
         self._inner: list[Tensor] = []
         self._logits = torch.empty(0)
+        self._random = StreamRandom(0, 0)
+        self._drawn: list[tuple[Tensor, Tensor | None]] = []  # tokens (and probabilities) not yet handed out
+        self._handed_out = 0.0  # when the text was last handed out (time.monotonic)
+        self._every = HAND_OUT_EVERY  # seconds between hand-outs for the streams now running
+        self._due = 1  # steps after which some stream may have reached its length
+        self._fresh = False  # some stream has not handed out any text yet
         self._thread = threading.Thread(target=self._run, name="chargen-batch", daemon=True)
 
     def start(self) -> None:
@@ -116,6 +103,7 @@ class Scheduler:
         """The client is gone: its streams leave the batch before the next step."""
         for stream in streams:
             stream.cancelled = True
+        self._cancelled = True
 
     def close(self, wait: bool = True) -> None:
         """End every stream (finish "shutdown") and stop the thread; safe from a signal handler
@@ -136,7 +124,9 @@ class Scheduler:
                         break
                     joining = self._take_waiting()
                 try:
-                    self._leave([s for s in self._streams if s.cancelled])
+                    if joining or self._cancelled or self._hand_out_due():
+                        self._cancelled = False
+                        self._hand_out()
                     if joining:
                         self._join(joining)
                     if self._streams:
@@ -144,12 +134,16 @@ class Scheduler:
                 except Exception:  # a bug must not hang every client: end their streams, log it here
                     traceback.print_exc(file=sys.stderr)
                     outside = [s for s in joining if s not in self._streams]  # failed while joining
-                    self.deliver([(s, Piece("", 0.0, "error")) for s in outside])
+                    self.deliver([(s, Piece("", None, "error")) for s in outside])
                     self._end_all("error")
+            try:
+                self._hand_out()  # what was drawn goes out before the streams end
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
         with self._cond:
             waiting = [s for request in self._waiting for s in request]
             self._waiting.clear()
-        self.deliver([(s, Piece("", 0.0, "shutdown")) for s in waiting])
+        self.deliver([(s, Piece("", None, "shutdown")) for s in waiting])
         self._end_all("shutdown")
 
     def _take_waiting(self) -> list[Stream]:
@@ -164,8 +158,9 @@ class Scheduler:
         return joining
 
     def _end_all(self, finish: str) -> None:
-        self.deliver([(s, Piece("", 0.0, finish)) for s in self._streams if not s.cancelled])
-        self._streams, self._inner, self._stepper = [], [], None
+        self.deliver([(s, Piece("", None, finish)) for s in self._streams if not s.cancelled])
+        self._streams, self._inner, self._stepper, self._drawn = [], [], None, []
+        self._random = StreamRandom(0, 0)
 
     def _batch_dim(self) -> int:
         """The steppers keep each state tensor batch-first, except the model's own step (any
@@ -182,6 +177,7 @@ class Scheduler:
         self._stepper = stepper
 
     def _join(self, joining: list[Stream]) -> None:
+        """New streams join the batch (nothing drawn is waiting to be handed out)."""
         context = self.sampler.read([s.prime for s in joining])
         self._use_stepper(len(self._streams) + len(joining))
         assert self._stepper is not None
@@ -192,7 +188,9 @@ class Scheduler:
             self._logits = torch.cat([self._logits, context.logits])
         else:
             self._inner, self._logits = new, context.logits
+        self._random.join(*(s.random for s in joining))
         self._streams += joining
+        self._fresh = True
         self._regroup()
 
     def _leave(self, leaving: list[Stream]) -> None:
@@ -201,10 +199,11 @@ class Scheduler:
         gone = {id(s) for s in leaving}
         keep = [k for k, s in enumerate(self._streams) if id(s) not in gone]
         self._streams = [self._streams[k] for k in keep]
+        index = torch.tensor(keep, dtype=torch.long, device=self._logits.device)
+        self._random.select(index)
         if not self._streams:
             self._inner, self._stepper = [], None
             return
-        index = torch.tensor(keep, dtype=torch.long, device=self._logits.device)
         dim = self._batch_dim()
         self._inner = [t.index_select(dim, index) for t in self._inner]
         self._logits = self._logits[index]
@@ -213,6 +212,7 @@ class Scheduler:
 
     def _regroup(self) -> None:
         """Rows by draw settings; one group (the usual case) needs no indexing."""
+        self._with_probs = any(s.pieces for s in self._streams)
         rows: dict[tuple[float, int, float], list[int]] = {}
         for k, stream in enumerate(self._streams):
             rows.setdefault(stream.draw_key, []).append(k)
@@ -224,38 +224,54 @@ class Scheduler:
             (self._streams[ks[0]].config, torch.tensor(ks, dtype=torch.long, device=device)) for ks in rows.values()
         ]
 
-    def _draw(self) -> tuple[Tensor, Tensor]:
-        """Each stream's next token and its probability, from its own random numbers."""
-        zero = torch.zeros(1, 1, device=self._logits.device)
-        uniforms = torch.cat([s.random.next() if s.random is not None else zero for s in self._streams])  # (B, 1)
+    def _draw(self) -> tuple[Tensor, Tensor | None]:
+        """Each stream's next token (and its probability), from its own random numbers."""
+        uniforms = self._random.next()  # (B, 1)
         if self._groups[0][1] is None:
-            token, probs = choose(self._logits, self._groups[0][0], uniforms)
-            assert probs is not None
-            return token, probs
+            return choose(self._logits, self._groups[0][0], uniforms, self._with_probs, self.sampler.banned)
         tokens = torch.empty(len(self._streams), dtype=torch.long, device=self._logits.device)
-        probs = torch.empty(len(self._streams), device=self._logits.device)
+        probs = torch.zeros(len(self._streams), device=self._logits.device) if self._with_probs else None
         for config, rows in self._groups:
             assert rows is not None
-            token, prob = choose(self._logits[rows], config, uniforms[rows])
-            assert prob is not None
-            tokens[rows], probs[rows] = token, prob
+            token, prob = choose(self._logits[rows], config, uniforms[rows], self._with_probs, self.sampler.banned)
+            tokens[rows] = token
+            if probs is not None and prob is not None:
+                probs[rows] = prob
         return tokens, probs
 
     def _step(self) -> None:
-        """Draw every stream's token, hand out the text, then advance the model past it."""
+        """Draw every stream's token and advance the model past it; no decoding here."""
         assert self._stepper is not None
-        streams = self._streams
-        kernel = self.sampler.kernel.for_batch(len(streams))
+        kernel = self.sampler.kernel.for_batch(len(self._streams))
         with torch_threads(self.sampler.threads_for(kernel.threads)):
             tokens, probs = self._draw()
+            self._drawn.append((tokens, probs))
+            self._logits, self._inner = self._stepper.step(tokens, self._inner)
+
+    def _hand_out_due(self) -> bool:
+        if not self._drawn:
+            return False
+        return self._fresh or len(self._drawn) >= self._due or time.monotonic() - self._handed_out >= self._every
+
+    def _hand_out(self) -> None:
+        """Decode what was drawn since the last hand-out, deliver it, and let finished and
+        cancelled streams leave."""
+        self._handed_out = time.monotonic()
+        if self._drawn:
+            tokens = torch.stack([t for t, _ in self._drawn], 1).tolist()  # (B, steps): one host sync
+            with_probs = self._drawn[0][1] is not None
+            probs = torch.stack([p for _, p in self._drawn], 1).tolist() if with_probs else None  # type: ignore[misc]
+            self._drawn = []
             token_bytes = self.sampler.tokenizer.token_bytes
             pieces = []
-            for stream, token, prob in zip(streams, tokens.tolist(), probs.tolist()):  # one host sync
-                text = stream.output.feed(token_bytes[token])
-                if text or stream.output.done:
-                    pieces.append((stream, Piece(text, prob, stream.finish)))
-            self.deliver(pieces)
-            done = [s for s in streams if s.output.done or s.cancelled]
-            if len(done) < len(streams):
-                self._logits, self._inner = self._stepper.step(tokens, self._inner)
-        self._leave(done)
+            for k, stream in enumerate(self._streams):
+                piece = stream.take(tokens[k], probs[k] if probs is not None else None, token_bytes)
+                if piece is not None:
+                    pieces.append((stream, piece))
+            if pieces:
+                self.deliver(pieces)
+        self._leave([s for s in self._streams if s.output.done or s.cancelled])
+        self._fresh = not all(s.started for s in self._streams)
+        self._every = max(HAND_OUT_EVERY, len(self._streams) / CHUNKS_PER_SECOND)
+        per_token = self.sampler.max_token_chars
+        self._due = max(1, min((-(-s.output.remaining() // per_token) for s in self._streams), default=1))

@@ -52,6 +52,7 @@ class CompletionRequest:
     stream: bool
     echo: bool
     include_usage: bool
+    chargen_pieces: bool  # each token's text and probability in the streamed chunks (the playground's colours)
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -107,6 +108,7 @@ def model_name(body: dict[str, Any]) -> str:
 
 def completion_request(body: dict[str, Any], limits: Limits) -> CompletionRequest:
     known = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "seed", "stop", "stream"}
+    known |= {"chargen_pieces"}
     known |= {"echo", "stream_options", "logprobs", "best_of", "presence_penalty", "frequency_penalty", *_IGNORED}
     unknown = sorted(set(body) - known)
     if unknown:
@@ -127,7 +129,7 @@ def completion_request(body: dict[str, Any], limits: Limits) -> CompletionReques
     stops = _strings(body, "stop", [])
     if len(stops) > _MAX_STOPS or not all(stops):
         raise ApiError(422, f"stop must be at most {_MAX_STOPS} non-empty strings", "stop")
-    flags = {name: body.get(name, False) for name in ("stream", "echo")}
+    flags = {name: body.get(name, False) for name in ("stream", "echo", "chargen_pieces")}
     for name, value in flags.items():
         if not isinstance(value, bool):
             raise ApiError(422, f"{name} must be true or false, got {json.dumps(value)}", name)
@@ -147,9 +149,8 @@ def completion_request(body: dict[str, Any], limits: Limits) -> CompletionReques
         param = next((p for p in ("temperature", "top_p", "top_k") if p.replace("_", "-") in str(err)), None)
         message = str(err).replace("--top-", "top_").replace("--", "")
         raise ApiError(422, message, param) from None
-    return CompletionRequest(
-        model, prompts, n, config, flags["stream"], flags["echo"], bool(options.get("include_usage", False))
-    )
+    usage = bool(options.get("include_usage", False))
+    return CompletionRequest(model, prompts, n, config, flags["stream"], flags["echo"], usage, flags["chargen_pieces"])
 
 
 def texts(body: dict[str, Any], name: str) -> list[str]:
