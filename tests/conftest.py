@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ from tests.helpers import ENGLISH, TINY_MODEL, tiny_train
 # can run many times slower. Subprocesses inherit the environment variable.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for session and module fixtures (the tiny checkpoint, shared runs), which start
+    before any test's own home is set: their token caches stay out of the real home too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARGEN_HOME", str(tmp_path_factory.mktemp("session-home")))
+        yield
 
 
 @pytest.fixture(autouse=True)

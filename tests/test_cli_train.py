@@ -1,14 +1,18 @@
-"""The real `chargen` command in subprocesses: training end to end, info, eval, fine-tuning, Ctrl-C."""
+"""The real `chargen` command: training end to end in subprocesses, fine-tuning, Ctrl-C. The
+`info` and `eval` that inspect what a subprocess trained, and the refusals, run in this process
+(`cli`): the same command without another torch import; their own subprocess runs are the bad-input
+cases below, test_cli_app, test_cli_progress and test_history."""
 
 import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import CHINESE, SHAKESPEARE, chargen_command, needs_shakespeare, tiny_flags
+from tests.helpers import CHINESE, SHAKESPEARE, Outcome, chargen_command, needs_shakespeare, run_cli, tiny_flags
 
 
 def chargen(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -20,12 +24,17 @@ def chargen(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
 SMALL = tiny_flags(hidden=48)
 
 
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Outcome]:
+    return lambda *args: run_cli(capsys, monkeypatch, *args)
+
+
 def metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @needs_shakespeare
-def test_train_a_few_hundred_steps_then_sample(tmp_path: Path) -> None:
+def test_train_a_few_hundred_steps_then_sample(tmp_path: Path, cli: Callable[..., Outcome]) -> None:
     corpus = tmp_path / "shakespeare.txt"
     corpus.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
     args = ["--layers", "2", "--hidden", "96", "--batch-size", "16", "--seq-len", "64", "--threads", "1"]
@@ -35,7 +44,7 @@ def test_train_a_few_hundred_steps_then_sample(tmp_path: Path) -> None:
     log = metrics(tmp_path / "checkpoints" / "shakespeare.metrics.jsonl")
     assert [r["step"] for r in log] == [100, 200, 300, 400]
     assert log[-1]["val_bpc"] < log[0]["val_bpc"] - 0.4 and log[-1]["val_bpc"] < 3.3
-    info = chargen("info", tmp_path / "checkpoints" / "shakespeare.pt")
+    info = cli("info", tmp_path / "checkpoints" / "shakespeare.pt")
     assert "best val bpc" in info.stdout and "char, vocab" in info.stdout
     sample = chargen(
         "sample",
@@ -52,12 +61,12 @@ def test_train_a_few_hundred_steps_then_sample(tmp_path: Path) -> None:
     assert len(sample.stdout.rstrip("\n")) == 200 and " " in sample.stdout
 
 
-def test_train_a_small_corpus_info_and_eval(corpus_file: Path, tmp_path: Path) -> None:
+def test_train_a_small_corpus_info_and_eval(corpus_file: Path, tmp_path: Path, cli: Callable[..., Outcome]) -> None:
     out = tmp_path / "runs" / "chaucer.pt"
     result = chargen("train", corpus_file, *SMALL, "--max-steps", "30", "--eval-every", "15", "--out", out)
     assert result.returncode == 0, result.stderr
     assert out.is_file() and out.with_name("chaucer.last.pt").is_file()
-    evaluated = chargen("eval", out, corpus_file, "--format", "json")
+    evaluated = cli("eval", out, corpus_file, "--format", "json")
     report = json.loads(evaluated.stdout)
     assert 0 < report["bpc"] < 8 and report["characters"] == len(corpus_file.read_text()) - 1
 
@@ -67,7 +76,9 @@ def test_quiet_prints_nothing(corpus_file: Path, tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout == ""
 
 
-def test_sentencepiece_reports_bits_per_character(corpus_file: Path, tmp_path: Path) -> None:
+def test_sentencepiece_reports_bits_per_character(
+    corpus_file: Path, tmp_path: Path, cli: Callable[..., Outcome]
+) -> None:
     out = tmp_path / "sp.pt"
     result = chargen(
         "train",
@@ -86,30 +97,32 @@ def test_sentencepiece_reports_bits_per_character(corpus_file: Path, tmp_path: P
     )
     assert result.returncode == 0, result.stderr
     [record] = metrics(tmp_path / "sp.metrics.jsonl")
-    report = json.loads(chargen("eval", out, corpus_file, "--format", "json").stdout)
+    report = json.loads(cli("eval", out, corpus_file, "--format", "json").stdout)
     assert report["tokens"] < report["characters"]  # subwords: fewer tokens than characters
     assert 0 < record["val_bpc"] < 8 and 0 < report["bpc"] < 8  # per character, not per token
 
 
-def test_chinese_corpus_trains_and_unseen_characters_do_not_crash(tmp_path: Path) -> None:
+def test_chinese_corpus_trains_and_unseen_characters_do_not_crash(tmp_path: Path, cli: Callable[..., Outcome]) -> None:
     corpus = tmp_path / "poems.txt"
     corpus.write_text(CHINESE * 40, encoding="utf-8")
     result = chargen("train", corpus, *SMALL, "--max-steps", "20", "--eval-every", "20", "--out", tmp_path / "zh.pt")
     assert result.returncode == 0, result.stderr
     unseen = tmp_path / "unseen.txt"
     unseen.write_text("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n", encoding="utf-8")
-    assert chargen("eval", tmp_path / "zh.pt", unseen).returncode == 0
+    assert cli("eval", tmp_path / "zh.pt", unseen).code == 0
 
 
-def test_adaptive_softmax_trains_evaluates_and_samples_from_the_command_line(tmp_path: Path) -> None:
+def test_adaptive_softmax_trains_evaluates_and_samples_from_the_command_line(
+    tmp_path: Path, cli: Callable[..., Outcome]
+) -> None:
     corpus = tmp_path / "poems.txt"
     corpus.write_text(CHINESE * 40, encoding="utf-8")
     out = tmp_path / "zh.pt"
     result = chargen("train", corpus, *SMALL, "--output", "adaptive", "--max-steps", "20", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "adaptive softmax (head" in result.stdout
-    assert "adaptive softmax (head" in chargen("info", out).stdout
-    report = json.loads(chargen("eval", out, corpus, "--format", "json").stdout)
+    assert "adaptive softmax (head" in cli("info", out).stdout
+    report = json.loads(cli("eval", out, corpus, "--format", "json").stdout)
     assert 0 < report["bpc"] < 6
     sample = chargen("sample", out, "--prime", "床前", "--length", "40", "--seed", "1", "--no-show-prime")
     assert sample.returncode == 0, sample.stderr
@@ -117,26 +130,28 @@ def test_adaptive_softmax_trains_evaluates_and_samples_from_the_command_line(tmp
 
 
 def test_weight_drop_is_set_kept_in_the_checkpoint_and_changed_when_fine_tuning(
-    corpus_file: Path, tmp_path: Path
+    corpus_file: Path, tmp_path: Path, cli: Callable[..., Outcome]
 ) -> None:
     out = tmp_path / "wd.pt"
     trained = chargen("train", corpus_file, *SMALL, "--max-steps", "4", "--weight-drop", "0.3", "--out", out)
     assert trained.returncode == 0, trained.stderr
-    assert "weight drop 0.3" in chargen("info", out).stdout
+    assert "weight drop 0.3" in cli("info", out).stdout
     tuned = chargen(
         "train", corpus_file, "--init-from", out, "--weight-drop", "0", "--max-steps", "2", "--out", tmp_path / "t.pt"
     )
     assert tuned.returncode == 0, tuned.stderr
-    assert "weight drop 0.0" in chargen("info", tmp_path / "t.pt").stdout
-    refused = chargen("train", corpus_file, *SMALL, "--weight-drop", "1", "--out", tmp_path / "x.pt")
-    assert refused.returncode == 1 and refused.stderr.startswith("Error: --weight-drop must be in [0, 1)")
+    assert "weight drop 0.0" in cli("info", tmp_path / "t.pt").stdout
+    refused = cli("train", corpus_file, *SMALL, "--weight-drop", "1", "--out", tmp_path / "x.pt")
+    assert refused.code == 1 and refused.stderr.startswith("Error: --weight-drop must be in [0, 1)")
 
 
-def test_fine_tuning_refuses_new_characters_unless_the_vocabulary_grows(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_fine_tuning_refuses_new_characters_unless_the_vocabulary_grows(
+    tiny_checkpoint: Path, tmp_path: Path, cli: Callable[..., Outcome]
+) -> None:
     corpus = tmp_path / "new.txt"
     corpus.write_text("Whan that Aprille — with ñ and 中\n" * 60, encoding="utf-8")
-    refused = chargen("train", corpus, "--init-from", tiny_checkpoint, "--max-steps", "5", "--out", tmp_path / "f.pt")
-    assert refused.returncode == 1
+    refused = cli("train", corpus, "--init-from", tiny_checkpoint, "--max-steps", "5", "--out", tmp_path / "f.pt")
+    assert refused.code == 1
     assert refused.stderr.startswith("Error: the corpus has 3 characters the model's vocabulary lacks")
     grown = chargen(
         "train",
