@@ -63,7 +63,7 @@ def test_shapes_not_reached_within_the_measuring_limit_are_not_candidates() -> N
         timed.append(shape)
         return 1.0
 
-    rates, seconds = measure(tuple(SHAPES.values()), meter, limit=0.0)
+    rates, _ = measure(tuple(SHAPES.values()), meter, limit=0.0)
     assert len(timed) == 1 == len(rates) and timed[0].hidden == min(s.hidden for s in SHAPES.values())
     rates, _ = measure(tuple(SHAPES.values()), meter, limit=60.0)
     assert set(rates) == set(SHAPES.values())
