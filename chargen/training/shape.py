@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 
+from chargen.config import format_duration
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -80,7 +82,8 @@ class Choice:
     def describe(self, budget: float) -> str:
         """The one line a run prints about its shape."""
         best = self.predictions[0]
-        line = f"shape {best.shape} for this CPU and {budget:g}s: ~{best.steps:.0f} steps, predicted {best.bpc:.2f} bpc"
+        line = f"shape {best.shape} for this CPU and {format_duration(budget)}: "
+        line += f"~{best.steps:.0f} steps, predicted {best.bpc:.2f} bpc"
         default = next((p for p in self.predictions if p.shape == DEFAULT), None)
         if default is not None and default.shape != best.shape:
             line += f" (default {DEFAULT.layers}×{DEFAULT.hidden}: ~{default.steps:.0f} steps, {default.bpc:.2f})"
