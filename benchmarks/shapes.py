@@ -2,7 +2,7 @@
 
     python benchmarks/shapes.py                       # every candidate shape at 150..2400 steps, 2 at a time
     python benchmarks/shapes.py --shapes 2x512,2x256 --steps 300 --jobs 1
-    python benchmarks/shapes.py --rates --budget 3m   # what `chargen train --max-time 3m` measures and chooses here
+    python benchmarks/shapes.py --rates --budget 10m  # steps/s of each shape here, as `chargen train` measures them
 
 Each run is `chargen train tinyshakespeare.txt --max-steps N --eval-every N --threads 1` with the
 shape's --layers, --hidden, --batch-size and --seq-len and every other setting at its default, so
@@ -45,7 +45,7 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return layers, hidden, streams, window
 
 
-def run(corpus: Path, shape: str, steps: int, extra: list[str]) -> dict:
+def run(corpus: Path, shape: str, steps: int, extra: list[str]) -> dict | None:
     layers, hidden, batch, window = parse_shape(shape)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.pt"
@@ -74,7 +74,9 @@ def run(corpus: Path, shape: str, steps: int, extra: list[str]) -> dict:
             "--quiet",
             *extra,
         ]
-        subprocess.run(command, check=True)
+        if subprocess.run(command).returncode:
+            print(f"{shape} at {steps} steps: failed (its error above)", flush=True)
+            return None
         last = json.loads(out.with_name("model.metrics.jsonl").read_text().splitlines()[-1])
     seconds = last["elapsed"] - last["eval_seconds"]
     result = {"shape": shape, "steps": last["step"], "val_bpc": last["val_bpc"], "steps_per_s": last["step"] / seconds}
@@ -82,7 +84,7 @@ def run(corpus: Path, shape: str, steps: int, extra: list[str]) -> dict:
     return result
 
 
-def rates(corpus: Path, budget: str) -> None:
+def rates(corpus: Path, budget: str, precision: str) -> None:
     """The chooser as `chargen train CORPUS --max-time BUDGET` runs it (torch's default threads):
     each candidate's steps/s here, relative to the default shape's, and the shape chosen."""
     from chargen.config import parse_duration
@@ -92,7 +94,7 @@ def rates(corpus: Path, budget: str) -> None:
 
     seconds = parse_duration(budget)
     with tempfile.TemporaryDirectory() as tmp:
-        request = TrainRequest(corpus, Path(tmp) / "model.pt", train={"max_time": seconds})
+        request = TrainRequest(corpus, Path(tmp) / "model.pt", train={"max_time": seconds, "precision": precision})
         choice = prepare(request, Callbacks()).shape_choice
     assert choice is not None
     default = next(p.rate for p in choice.predictions if p.shape == DEFAULT)
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="append each result to this JSON-lines file")
     parser.add_argument("--rates", action="store_true", help="measure steps/s of each shape as `chargen train` does")
     parser.add_argument("--budget", default="3m", help="with --rates: the time budget to choose for [3m]")
+    parser.add_argument("--precision", default="auto", help="with --rates: as `chargen train --precision` [auto]")
     args = parser.parse_args()
     if not args.corpus.is_file():
         sys.exit(f"corpus {args.corpus} not found; pass a text file")
@@ -119,14 +122,15 @@ def main() -> None:
         isa = os.environ.get("CHARGEN_NATIVE_ISA")
         emulated = f", emulated {isa}" if isa else ""
         print(f"{cpu_model()}{emulated}, corpus {args.corpus}, threads {torch.get_num_threads()}")
-        rates(args.corpus, args.budget)
+        rates(args.corpus, args.budget, args.precision)
         return
     shapes = args.shapes.split(",")
     budgets = [int(n) for n in args.steps.split(",")]
     print(f"{cpu_model()}, corpus {args.corpus}, 1 thread per run, {args.jobs} at once")
     jobs = [(shape, n) for n in budgets for shape in shapes]
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run(args.corpus, *job, args.options.split()), jobs))
+        done = pool.map(lambda job: run(args.corpus, *job, args.options.split()), jobs)
+        results = [r for r in done if r is not None]
     if args.save:
         with open(args.save, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in results)
@@ -134,8 +138,9 @@ def main() -> None:
     print("shape".ljust(14) + "".join(f"{n:>9}" for n in budgets))
     for shape in shapes:
         row = {r["steps"]: r for r in results if r["shape"] == shape}
-        rate = sum(r["steps_per_s"] for r in row.values()) / len(row)
-        print(shape.ljust(14) + "".join(f"{row[n]['val_bpc']:9.3f}" for n in budgets) + f"   ({rate:.2f} steps/s)")
+        rate = sum(r["steps_per_s"] for r in row.values()) / max(len(row), 1)
+        cells = "".join(f"{row[n]['val_bpc']:9.3f}" if n in row else " " * 9 for n in budgets)
+        print(shape.ljust(14) + cells + f"   ({rate:.2f} steps/s)")
 
 
 if __name__ == "__main__":

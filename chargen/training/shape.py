@@ -39,11 +39,15 @@ class Curve:
     points: tuple[tuple[int, float], ...]
 
 
-# Measured with `python benchmarks/shapes.py` on tinyshakespeare (docs/PERFORMANCE.md, "Shapes for
-# a time budget"). The first is the default shape (ModelConfig and TrainConfig defaults).
+# Validation bpc on tinyshakespeare after N steps, each a `--max-steps N` run of
+# `python benchmarks/shapes.py` (1 thread; AMD EPYC family 25 model 17, 2026-12-07), except the
+# default's last two points: 3-minute and 10-minute `python benchmarks/quality.py` runs of the
+# same defaults (Intel Xeon, 2026-12-05), whose schedules decay over their steps as well. All in
+# docs/PERFORMANCE.md, "Shapes for a time budget". The first is the default shape.
 CURVES: tuple[Curve, ...] = (
-    Curve(Shape(2, 512), ((150, 2.60), (300, 2.30), (600, 2.10), (1200, 2.00), (2400, 1.95))),
-    Curve(Shape(2, 256), ((150, 2.55), (300, 2.30), (600, 2.15), (1200, 2.05), (2400, 2.00))),
+    Curve(Shape(2, 512), ((150, 2.701), (300, 2.369), (600, 2.175), (1241, 2.092), (3965, 1.990))),
+    Curve(Shape(1, 512), ((150, 2.671), (300, 2.391), (600, 2.216), (1200, 2.112))),
+    Curve(Shape(1, 256), ((150, 2.800), (300, 2.557), (600, 2.376), (1200, 2.262), (2400, 2.187))),
 )
 DEFAULT = CURVES[0].shape
 
