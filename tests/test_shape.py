@@ -49,6 +49,22 @@ def test_equal_speeds_keep_the_default_and_the_time_left_decides() -> None:
     assert fast.predictions[0].steps == pytest.approx(10.0 * 60 * 0.93)
 
 
+# Steps/s of each candidate as `chargen train` measured them (2 threads, `python benchmarks/shapes.py
+# --rates`; docs/PERFORMANCE.md, "Shapes for a time budget").
+ZEN4 = {"2×512": 2.98, "1×512": 5.21, "1×256": 12.84}  # AMD EPYC family 25 model 17, bf16
+
+
+@pytest.mark.parametrize(
+    ("rates", "minutes", "expected"),
+    [(ZEN4, 1, "1×256"), (ZEN4, 3, "1×512"), (ZEN4, 10, "2×512"), (ZEN4, 30, "2×512")],
+    ids=["zen4 1m", "zen4 3m", "zen4 10m", "zen4 30m"],
+)
+def test_the_measured_speeds_choose_what_the_curves_say(rates: dict[str, float], minutes: int, expected: str) -> None:
+    choice = choose({SHAPES[name]: rate for name, rate in rates.items()}, minutes * 60 * 0.97)
+    assert choice.shape == SHAPES[expected]
+    assert [p.bpc for p in choice.predictions[1:]] == sorted(p.bpc for p in choice.predictions[1:])
+
+
 def test_a_shape_must_beat_the_default_by_the_margin() -> None:
     tie = (Curve(DEFAULT, ((100, 2.5), (200, 2.4))), Curve(Shape(1, 64), ((100, 2.5 - MARGIN / 2), (200, 2.3))))
     assert choose({DEFAULT: 1.0, Shape(1, 64): 1.0}, 100 / 0.93, curves=tie).shape == DEFAULT
