@@ -52,12 +52,22 @@ def test_equal_speeds_keep_the_default_and_the_time_left_decides() -> None:
 # Steps/s of each candidate as `chargen train` measured them (2 threads, `python benchmarks/shapes.py
 # --rates`; docs/PERFORMANCE.md, "Shapes for a time budget").
 ZEN4 = {"2×512": 2.98, "1×512": 5.21, "1×256": 12.84}  # AMD EPYC family 25 model 17, bf16
+AVX2 = {"2×512": 1.71, "1×512": 3.26, "1×256": 10.61}  # the same, emulated AVX2, fp32
 
 
 @pytest.mark.parametrize(
     ("rates", "minutes", "expected"),
-    [(ZEN4, 1, "1×256"), (ZEN4, 3, "1×512"), (ZEN4, 10, "2×512"), (ZEN4, 30, "2×512")],
-    ids=["zen4 1m", "zen4 3m", "zen4 10m", "zen4 30m"],
+    [
+        (ZEN4, 1, "1×256"),
+        (ZEN4, 3, "1×512"),
+        (ZEN4, 10, "2×512"),
+        (ZEN4, 30, "2×512"),
+        (AVX2, 1, "1×256"),
+        (AVX2, 3, "1×256"),
+        (AVX2, 10, "1×512"),
+        (AVX2, 30, "2×512"),
+    ],
+    ids=["zen4 1m", "zen4 3m", "zen4 10m", "zen4 30m", "avx2 1m", "avx2 3m", "avx2 10m", "avx2 30m"],
 )
 def test_the_measured_speeds_choose_what_the_curves_say(rates: dict[str, float], minutes: int, expected: str) -> None:
     choice = choose({SHAPES[name]: rate for name, rate in rates.items()}, minutes * 60 * 0.97)
