@@ -25,10 +25,6 @@ class Shape:
     def __str__(self) -> str:
         return f"{self.layers}×{self.hidden} batch {self.batch_size}×{self.seq_len}"
 
-    def options(self) -> dict[str, int]:
-        """As the config fields (ModelConfig, TrainConfig) they set."""
-        return {"layers": self.layers, "hidden": self.hidden, "batch_size": self.batch_size, "seq_len": self.seq_len}
-
 
 @dataclass(frozen=True)
 class Curve:
