@@ -38,6 +38,7 @@ CONFIGURATIONS = {
 def train(name: str, options: list[str], budget: str, folder: Path) -> dict[str, float]:
     out = folder / f"{len(list(folder.iterdir()))}.pt"
     command = [sys.executable, "-m", "chargen", "train", str(SHAKESPEARE), "--max-time", budget, "--out", str(out)]
+    command += ["--layers", "2", "--hidden", "512"]  # the default shape, set: one process would choose its own
     started = time.perf_counter()
     own_threads = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # --threads decides
     subprocess.run([*command, *options, "--quiet"], check=True, env=own_threads)

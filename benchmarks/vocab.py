@@ -165,6 +165,7 @@ def quality(args: argparse.Namespace, folder: Path) -> None:
         out = folder / f"songci-{output}.pt"
         command = [sys.executable, "-m", "chargen", "train", str(SONGCI), "--output", output]
         command += ["--max-time", args.quality, "--out", str(out), "--quiet"]
+        command += ["--layers", "2", "--hidden", "512"]  # the default shape for both, not one chosen per run
         if args.threads:
             command += ["--threads", str(args.threads)]
         subprocess.run(command, check=True)

@@ -57,3 +57,13 @@ def test_the_sampling_benchmark_prints_its_figures(tiny_checkpoint: Path) -> Non
     assert re.search(r"fp32/1t +[\d,]+ chars/s \(\d+\.\dx\)", printed)
     assert re.search(r"auto \([\w-]+/1t\) +[\d,]+ chars/s", printed)
     assert re.search(r"quality: held-out bpc fp32 \d\.\d{4}", printed)
+
+
+def test_the_shapes_benchmark_prints_its_table(corpus_file: Path) -> None:
+    """`benchmarks/shapes.py` with two tiny shapes and two step budgets: one row per shape, bpc per budget."""
+    options = ["--shapes", "1x16/4x16,2x8/4x16", "--steps", "4,8", "--jobs", "1", "--options", "--warmup 2"]
+    printed = _run_benchmark("shapes", str(corpus_file), *options)
+    assert re.search(r"\(family \d+, model \d+\), corpus .*, 1 thread per run, 1 at once", printed)
+    for shape in ("1x16/4x16", "2x8/4x16"):
+        row = rf"^{re.escape(shape)} +\d\.\d{{3}} +\d\.\d{{3}} +\(\d+\.\d\d steps/s\)$"
+        assert re.search(row, printed, re.M), printed

@@ -1,5 +1,5 @@
 """`chargen demo`, the README's first command, for real: the built-in corpus, a (here one-second)
-training run of the default model, and a sample primed with 'def '."""
+training run of the shape chosen for that budget, and a sample primed with 'def '."""
 
 from __future__ import annotations
 
@@ -27,4 +27,7 @@ def test_the_demo_trains_on_the_builtin_corpus_and_prints_a_sample(tmp_path: Pat
     head = f"--- sample from {Path('checkpoints') / 'stdlib.pt'} (primed with 'def ') ---\ndef "
     assert head in done.stdout
     assert len(done.stdout.split(head, 1)[1].rstrip("\n")) >= 590  # 600 characters, a few may be line ends
-    assert load_model(checkpoint).model.config.hidden == 512  # the default model, rebuilt from the file
+    # A one-second budget buys the cheapest shape (chargen.training.shape); the file holds it.
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("shape ")]
+    config = load_model(checkpoint).model.config
+    assert line.startswith(f"shape {config.layers}×{config.hidden} batch 64×64 for this CPU and 1s:")

@@ -20,13 +20,16 @@ from chargen.data.batches import Dataset
 from chargen.data.corpus import open_corpus
 from chargen.data.scan import CorpusFacts, Split
 from chargen.data.tokenized import tokenize
+from chargen.data.tokenizers import Tokenizer
 from chargen.device import select_device, select_precision
 from chargen.errors import CheckpointError, ConfigError, CorpusError
 from chargen.training.distributed import World
 from chargen.training.evalpart import StepTimer, time_step
 from chargen.training.events import Callbacks, WorkEvent
 from chargen.training.finetune import fine_tune_start
-from chargen.training.start import TrainRequest, new_start, resumed_start
+from chargen.training.shape import Choice, Shape, choose
+from chargen.training.shape_rates import candidates, measure, measure_limit, step_rate
+from chargen.training.start import Start, TrainRequest, new_start, resumed_start
 from chargen.training.trainer import Trainer, last_checkpoint_path
 
 __all__ = ["TrainRequest", "check_writable", "default_out", "fit_batch", "prepare"]
@@ -95,8 +98,6 @@ def prepare(
         train_ids, val_ids = tokens.ids, val.before_cut
     else:
         train_ids, val_ids = tokens.before_cut, tokens.after_cut
-    model = start.make_model(tokenizer, train_ids, callbacks)
-    train_config = fit_batch(train_config, train_ids, val_ids, tokens.facts.cut, callbacks)
     info = {
         "source": str(request.corpus),
         "sha256": tokens.facts.sha256,
@@ -106,12 +107,22 @@ def prepare(
     data = Dataset(train_ids, val_ids, tokens.facts.cut, characters_scored(tokenizer, val_ids), info)
     device = world.device(select_device(train_config.device))
     dtype = select_precision(train_config.precision, device)
+    choice = None
+    if start.resume is None and request.init_from is None:
+        start, choice = _chosen_shape(request, start, tokenizer, data, device, dtype, world, callbacks)
+        train_config = start.config
+    model = start.make_model(tokenizer, train_ids, callbacks)
+    train_config = fit_batch(train_config, train_ids, val_ids, tokens.facts.cut, callbacks)
     for path in (out, last_checkpoint_path(out)):  # left by a run killed in the middle of a save
         remove_stale_temps(path)
     if start.resume is None:
-        return Trainer(
+        trainer = Trainer(
             model, tokenizer, data, train_config, out, device, dtype, callbacks, world=world, step_timer=step_timer
         )
+        trainer.shape_choice = choice
+        if choice is not None:  # measuring is the budget's time (at most half: a tiny budget still trains)
+            trainer.progress.elapsed = min(choice.seconds, train_config.max_time / 2)
+        return trainer
     source = last_checkpoint_path(out)
     try:
         trainer = Trainer(
@@ -122,6 +133,43 @@ def prepare(
         raise CheckpointError(f"{source}: its training state cannot be restored ({reason})") from None
     _check_training_state(trainer, source)
     return trainer
+
+
+def _chosen_shape(
+    request: TrainRequest,
+    start: Start,
+    tokenizer: Tokenizer,
+    data: Dataset,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    world: World,
+    callbacks: Callbacks,
+) -> tuple[Start, Choice | None]:
+    """A new run whose only budget is time, with no shape set: the shape that budget buys the
+    most from on this machine (chargen.training.shape), told in one line, and the choice."""
+    config = start.config
+    shapes = candidates(request.model, request.train, config, world, device)
+    if not shapes:
+        return start, None
+
+    def shaped(shape: Shape) -> TrainRequest:
+        model = {**request.model, "layers": shape.layers, "hidden": shape.hidden}
+        return dataclasses.replace(
+            request, model=model, train={**request.train, "batch_size": shape.batch_size, "seq_len": shape.seq_len}
+        )
+
+    def trainer_for(shape: Shape) -> Trainer:
+        candidate = new_start(shaped(shape))
+        quiet = Callbacks()
+        train_config = fit_batch(candidate.config, data.train_ids, data.val_ids, data.train_chars, quiet)
+        model = candidate.make_model(tokenizer, data.train_ids, quiet)
+        return Trainer(model, tokenizer, data, train_config, None, device, dtype, quiet, world=world)
+
+    meter = request.shape_rates or step_rate(trainer_for)
+    rates, seconds = measure(shapes, meter, measure_limit(config.max_time))
+    choice = choose(rates, config.max_time - seconds, seconds)
+    callbacks.on_message(choice.describe(config.max_time))
+    return new_start(shaped(choice.shape)), choice
 
 
 def _corpus_check(

@@ -20,6 +20,7 @@ from chargen.errors import CheckpointError, ConfigError
 from chargen.model import CharLM
 from chargen.model.heads import adaptive_cutoffs
 from chargen.training.events import Callbacks
+from chargen.training.shape_rates import RateMeter
 from chargen.training.trainer import last_checkpoint_path
 
 # Options a resumed run may change; anything else would make it a different run.
@@ -38,6 +39,7 @@ class TrainRequest:
     resume: bool = False
     init_from: Path | None = None
     grow_vocab: bool = False
+    shape_rates: RateMeter | None = None  # a new run's candidate shapes' steps/s; None: measured (shape_rates)
 
 
 # The model, given the tokenizer the corpus was read with and the training ids.

@@ -24,6 +24,7 @@ from chargen.training.distributed import World
 from chargen.training.evalpart import EvalPart, StepTimer, Validation, time_step
 from chargen.training.events import Callbacks, EvalEvent
 from chargen.training.loop import Interrupted, Progress, TrainingLoop, lr_at
+from chargen.training.shape import Choice
 
 __all__ = ["Interrupted", "Trainer", "last_checkpoint_path", "lr_at"]
 
@@ -85,6 +86,7 @@ class Trainer(TrainingLoop):
         self.state: State | None = None
         self._next_state: State | None = None
         self.history: list[dict[str, float]] = []
+        self.shape_choice: Choice | None = None  # set by chargen.training.run when it chose the shape
         if resume is not None:
             self._restore(resume)
         else:

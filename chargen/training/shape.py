@@ -1,0 +1,111 @@
+"""The model shape a time budget buys the most from: which candidate reaches the lowest validation
+bpc in the steps the machine can make of it. How low a shape gets after N steps does not depend
+on the machine (CURVES, measured once); how many steps a budget buys does (measured on the
+user's machine by chargen.training.shape_rates)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+
+from chargen.config import format_duration
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the choice sets: the network's layers and hidden size, the batch's streams and window."""
+
+    layers: int
+    hidden: int
+    batch_size: int = 64
+    seq_len: int = 64
+
+    def __str__(self) -> str:
+        return f"{self.layers}×{self.hidden} batch {self.batch_size}×{self.seq_len}"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Validation bpc a shape reached after a budget of steps (its learning rate decaying over
+    exactly that budget), at rising step counts."""
+
+    shape: Shape
+    points: tuple[tuple[int, float], ...]
+
+
+# Validation bpc on tinyshakespeare after N steps, each a `--max-steps N` run of
+# `python benchmarks/shapes.py` (1 thread; AMD EPYC family 25 model 17, 2026-12-07), except the
+# default's last two points: 3-minute and 10-minute `python benchmarks/quality.py` runs of the
+# same defaults (Intel Xeon, 2026-12-05), whose schedules decay over their steps as well. All in
+# docs/PERFORMANCE.md, "Shapes for a time budget". The first is the default shape.
+CURVES: tuple[Curve, ...] = (
+    Curve(Shape(2, 512), ((150, 2.701), (300, 2.369), (600, 2.175), (1241, 2.092), (3965, 1.990))),
+    Curve(Shape(1, 512), ((150, 2.671), (300, 2.391), (600, 2.216), (1200, 2.112))),
+    Curve(Shape(1, 256), ((150, 2.800), (300, 2.557), (600, 2.376), (1200, 2.262), (2400, 2.187))),
+)
+DEFAULT = CURVES[0].shape
+
+# A shape other than the default must be predicted this much better: the run-to-run spread of a
+# 3-minute run is about ±0.01 bpc.
+MARGIN = 0.01
+# The share of a time budget that goes to training steps rather than evaluations.
+TRAINING_SHARE = 0.93
+
+
+def predicted_bpc(curve: Curve, steps: float) -> float:
+    """Linear in log(steps) between measured budgets, the first segment's slope below them, and
+    flat above the last (a conservative guess: beyond the table the default shape stays)."""
+    points = curve.points
+    if steps >= points[-1][0]:
+        return points[-1][1]
+    (n0, b0), (n1, b1) = next(pair for pair in pairwise(points) if steps < pair[1][0])
+    slope = (b1 - b0) / (math.log(n1) - math.log(n0))
+    return b0 + slope * (math.log(max(steps, 1.0)) - math.log(n0))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    shape: Shape
+    rate: float  # steps/s measured
+    steps: float  # predicted in the time left
+    bpc: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    shape: Shape
+    predictions: tuple[Prediction, ...]  # of every shape measured, best first
+    seconds: float  # spent measuring, counted in the budget
+
+    def describe(self, budget: float) -> str:
+        """The one line a run prints about its shape."""
+        best = self.predictions[0]
+        line = f"shape {best.shape} for this CPU and {format_duration(budget)}: "
+        line += f"~{best.steps:.0f} steps, predicted {best.bpc:.2f} bpc"
+        default = next((p for p in self.predictions if p.shape == DEFAULT), None)
+        if default is not None and default.shape != best.shape:
+            line += f" (default {DEFAULT.layers}×{DEFAULT.hidden}: ~{default.steps:.0f} steps, {default.bpc:.2f})"
+        return line + f"; measured in {self.seconds:.1f}s of the budget (set --layers/--hidden to choose yourself)"
+
+
+def choose(
+    rates: Mapping[Shape, float], seconds_left: float, measured_in: float = 0.0, curves: tuple[Curve, ...] = CURVES
+) -> Choice:
+    """The shape predicted lowest after `seconds_left` of training at the measured steps/s; the
+    default unless another is better by MARGIN. Shapes without a rate are not candidates."""
+    by_shape = {c.shape: c for c in curves}
+    predictions = sorted(
+        (
+            Prediction(shape, rate, steps, predicted_bpc(by_shape[shape], steps))
+            for shape, rate in rates.items()
+            for steps in [rate * max(seconds_left, 0.0) * TRAINING_SHARE]
+        ),
+        key=lambda p: p.bpc,
+    )
+    default = next((p for p in predictions if p.shape == DEFAULT), None)
+    if default is not None and predictions[0].bpc > default.bpc - MARGIN:
+        predictions.remove(default)
+        predictions.insert(0, default)
+    return Choice(predictions[0].shape, tuple(predictions), measured_in)

@@ -1,0 +1,176 @@
+"""The shape chosen for a time budget: the rule against its measured table, which options leave
+the choice to chargen, and a real run that chooses, stores its shape and resumes without choosing.
+Throughputs are given, not timed, so the outcome never depends on this machine's load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from chargen.checkpoint import load_checkpoint
+from chargen.config import ModelConfig, TrainConfig
+from chargen.training.distributed import World
+from chargen.training.run import TrainRequest, prepare
+from chargen.training.shape import CURVES, DEFAULT, MARGIN, Curve, Shape, choose, predicted_bpc
+from chargen.training.shape_rates import candidates, measure
+from tests.helpers import Recorder
+
+CPU = torch.device("cpu")
+SHAPES = {str(c.shape).split()[0]: c.shape for c in CURVES}  # "2×512" -> Shape
+
+
+def test_the_table_starts_with_the_default_shape_and_its_curves_fall() -> None:
+    assert (DEFAULT.layers, DEFAULT.hidden) == (ModelConfig(vocab_size=2).layers, ModelConfig(vocab_size=2).hidden)
+    assert (DEFAULT.batch_size, DEFAULT.seq_len) == (TrainConfig().batch_size, TrainConfig().seq_len)
+    for curve in CURVES:
+        steps = [n for n, _ in curve.points]
+        bpc = [b for _, b in curve.points]
+        assert len(steps) >= 2 and steps == sorted(steps) and bpc == sorted(bpc, reverse=True), curve
+
+
+def test_predictions_follow_the_table_between_points_and_stay_flat_beyond_it() -> None:
+    curve = Curve(Shape(1, 8), ((100, 3.0), (400, 2.0)))
+    assert predicted_bpc(curve, 100) == pytest.approx(3.0)
+    assert predicted_bpc(curve, 200) == pytest.approx(2.5)  # halfway in log(steps)
+    assert predicted_bpc(curve, 50) == pytest.approx(3.5)  # the first segment's slope below the table
+    assert predicted_bpc(curve, 10_000) == pytest.approx(2.0)
+
+
+def test_equal_speeds_keep_the_default_and_the_time_left_decides() -> None:
+    """With the same steps/s for every shape, nothing but the default can win (more parameters
+    learn more per step); a shape many times faster wins a short budget."""
+    small = min(SHAPES.values(), key=lambda s: s.layers * s.hidden)
+    same = choose({shape: 1.0 for shape in SHAPES.values()}, 600)
+    assert same.shape == DEFAULT and same.predictions[0].shape == DEFAULT
+    fast = choose({DEFAULT: 0.5, small: 10.0}, 60)
+    assert fast.shape == small
+    assert fast.predictions[0].steps == pytest.approx(10.0 * 60 * 0.93)
+
+
+# Steps/s of each candidate as `chargen train` measured them (2 threads, `python benchmarks/shapes.py
+# --rates`; docs/PERFORMANCE.md, "Shapes for a time budget").
+ZEN4 = {"2×512": 2.98, "1×512": 5.21, "1×256": 12.84}  # AMD EPYC family 25 model 17, bf16
+AVX2 = {"2×512": 1.71, "1×512": 3.26, "1×256": 10.61}  # the same, emulated AVX2, fp32
+
+
+@pytest.mark.parametrize(
+    ("rates", "minutes", "expected"),
+    [
+        (ZEN4, 1, "1×256"),
+        (ZEN4, 3, "1×512"),
+        (ZEN4, 10, "2×512"),
+        (ZEN4, 30, "2×512"),
+        (AVX2, 1, "1×256"),
+        (AVX2, 3, "1×256"),
+        (AVX2, 10, "1×512"),
+        (AVX2, 30, "2×512"),
+    ],
+    ids=["zen4 1m", "zen4 3m", "zen4 10m", "zen4 30m", "avx2 1m", "avx2 3m", "avx2 10m", "avx2 30m"],
+)
+def test_the_measured_speeds_choose_what_the_curves_say(rates: dict[str, float], minutes: int, expected: str) -> None:
+    choice = choose({SHAPES[name]: rate for name, rate in rates.items()}, minutes * 60 * 0.97)
+    assert choice.shape == SHAPES[expected]
+    assert [p.bpc for p in choice.predictions[1:]] == sorted(p.bpc for p in choice.predictions[1:])
+
+
+def test_a_shape_must_beat_the_default_by_the_margin() -> None:
+    tie = (Curve(DEFAULT, ((100, 2.5), (200, 2.4))), Curve(Shape(1, 64), ((100, 2.5 - MARGIN / 2), (200, 2.3))))
+    assert choose({DEFAULT: 1.0, Shape(1, 64): 1.0}, 100 / 0.93, curves=tie).shape == DEFAULT
+
+
+def test_shapes_not_reached_within_the_measuring_limit_are_not_candidates() -> None:
+    """Cheapest first; once the limit is spent the rest (the bigger ones) are left out, but at
+    least one shape is always measured."""
+    timed: list[Shape] = []
+
+    def meter(shape: Shape) -> float:
+        timed.append(shape)
+        return 1.0
+
+    rates, _ = measure(tuple(SHAPES.values()), meter, limit=0.0)
+    assert len(timed) == 1 == len(rates) and timed[0].hidden == min(s.hidden for s in SHAPES.values())
+    rates, _ = measure(tuple(SHAPES.values()), meter, limit=60.0)
+    assert set(rates) == set(SHAPES.values())
+
+
+TIME_ONLY = TrainConfig(max_time=180)
+
+
+@pytest.mark.parametrize(
+    ("model", "train", "config", "world", "device"),
+    [
+        ({}, {"max_steps": 500}, TrainConfig(max_steps=500, max_time=0), World(), CPU),
+        ({}, {"max_epochs": 2.0}, TrainConfig(max_epochs=2, max_time=0), World(), CPU),
+        ({}, {"max_steps": 500}, TrainConfig(max_steps=500, max_time=180), World(), CPU),
+        ({"cell": "gru"}, {}, TIME_ONLY, World(), CPU),
+        ({}, {}, TIME_ONLY, World(rank=0, size=2), CPU),
+        ({}, {}, TIME_ONLY, World(), torch.device("cuda")),
+        ({"layers": 3}, {}, TIME_ONLY, World(), CPU),
+        ({}, {"batch_size": 32}, TIME_ONLY, World(), CPU),
+        ({}, {"seq_len": 128}, TIME_ONLY, World(), CPU),
+        ({"layers": 2, "hidden": 512}, {}, TIME_ONLY, World(), CPU),
+    ],
+    ids=[
+        "steps",
+        "epochs",
+        "steps and time",
+        "gru",
+        "two ranks",
+        "cuda",
+        "3 layers",
+        "batch 32",
+        "window 128",
+        "whole model shape",
+    ],
+)
+def test_no_choice_unless_time_is_the_budget_and_the_shape_is_left_open(
+    model: dict, train: dict, config: TrainConfig, world: World, device: torch.device
+) -> None:
+    assert candidates(model, train, config, world, device) == ()
+
+
+def test_the_shape_options_set_narrow_the_candidates() -> None:
+    everything = candidates({}, {}, TIME_ONLY, World(), CPU)
+    assert set(everything) == set(SHAPES.values())
+    hidden = {s.hidden for s in everything}
+    for size in hidden:
+        narrowed = candidates({"hidden": size}, {"batch_size": 64}, TIME_ONLY, World(), CPU)
+        expected = tuple(s for s in everything if s.hidden == size)
+        assert narrowed == (expected if len(expected) > 1 else ())
+
+
+def test_a_run_chooses_once_stores_its_shape_and_resumes_without_choosing(corpus_file: Path, tmp_path: Path) -> None:
+    """A real run with a 2-second budget, its shapes' speeds given: the small one is many times
+    faster, so it is chosen, said in one line, trained and saved; the resume keeps it and never
+    measures again."""
+    small = min(SHAPES.values(), key=lambda s: s.layers * s.hidden)
+    speeds = {shape: 400.0 if shape == small else 0.5 for shape in SHAPES.values()}
+    asked: list[Shape] = []
+
+    def meter(shape: Shape) -> float:
+        asked.append(shape)
+        return speeds[shape]
+
+    out = tmp_path / "m.pt"
+    train = {"max_time": 2.0, "eval_every": 10_000, "sample_chars": 0, "threads": 1}
+    recorder = Recorder()
+    trainer = prepare(TrainRequest(corpus_file, out, train=train, shape_rates=meter), recorder)
+    assert sorted(asked, key=str) == sorted(SHAPES.values(), key=str)
+    assert trainer.shape_choice is not None and trainer.shape_choice.shape == small
+    lines = [m for m in recorder.messages if m.startswith("shape ")]
+    assert len(lines) == 1 and str(small) in lines[0], recorder.messages
+    assert (trainer.model.config.layers, trainer.model.config.hidden) == (small.layers, small.hidden)
+    trainer.run()
+    saved = load_checkpoint(out.with_name("m.last.pt"))
+    assert (saved["model_config"]["layers"], saved["model_config"]["hidden"]) == (small.layers, small.hidden)
+    assert saved["train_config"]["seq_len"] == small.seq_len
+
+    def never(shape: Shape) -> float:
+        raise AssertionError("a resumed run measured shapes")
+
+    more = {**train, "max_time": 3.0}
+    resumed = prepare(TrainRequest(corpus_file, out, train=more, resume=True, shape_rates=never), Recorder())
+    assert resumed.shape_choice is None and resumed.model.config.hidden == small.hidden
+    assert resumed.progress.step == saved["resume"]["step"]
