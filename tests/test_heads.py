@@ -13,7 +13,7 @@ import torch
 from chargen.analysis.evaluate import eval_streams, total_bits
 from chargen.checkpoint import build_model, load_checkpoint, save_checkpoint
 from chargen.config import ADAPTIVE_ABOVE, ModelConfig, SampleConfig, resolve_output
-from chargen.data.tokenizers import CharTokenizer
+from chargen.data.tokenizers import CharTokenizer, unwritten_ids
 from chargen.errors import CheckpointError, ConfigError
 from chargen.generation.inference import PRECISIONS, make_stepper
 from chargen.generation.sampler import Sampler
@@ -156,6 +156,7 @@ def test_sampling_draws_from_the_exact_distribution(config: SampleConfig) -> Non
     with torch.no_grad():
         hidden, _ = model.encode(tokenizer.encode(prime).long()[None])
         logits = exact_probabilities(model.head, hidden[0, -1:])[0].log() / config.temperature
+    logits[unwritten_ids(tokenizer)] = -torch.inf  # the unknown id is never drawn
     if config.top_k:
         logits[logits < logits.topk(config.top_k).values[-1]] = -torch.inf
     if config.top_p < 1:
