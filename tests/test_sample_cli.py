@@ -14,6 +14,8 @@ import chargen
 from tests.helpers import chargen_command
 
 
+# Tests that hold the command's text equal to chargen.load's name the step (fp32) on both sides: with
+# 'auto' each process measures its own, and on a busy machine another int8 step may win.
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*chargen_command(), "sample", *args],
@@ -31,9 +33,9 @@ def records(output: str) -> list[dict]:
 
 
 def test_plain_text_is_the_prime_then_its_continuation(tiny_checkpoint: Path) -> None:
-    result = run(str(tiny_checkpoint), "--prime", "Whan", "--length", "60", "--seed", "3")
+    result = run(str(tiny_checkpoint), "--prime", "Whan", "--length", "60", "--seed", "3", "--precision", "fp32")
     assert result.returncode == 0, result.stderr
-    expected = chargen.load(tiny_checkpoint).generate("Whan", length=60, seed=3)[0]
+    expected = chargen.load(tiny_checkpoint, precision="fp32").generate("Whan", length=60, seed=3)[0]
     assert result.stdout.rstrip("\n") == ("Whan" + expected).rstrip("\n")
 
 
@@ -73,10 +75,11 @@ def test_out_writes_the_file_and_nothing_to_stdout(tiny_checkpoint: Path, tmp_pa
     out = tmp_path / "samples.jsonl"
     out.write_text("old contents\n", encoding="utf-8")
     args = [str(tiny_checkpoint), "-n", "2", "--length", "30", "--seed", "1", "--format", "jsonl", "--out", str(out)]
+    args += ["--precision", "fp32"]
     result = run(*args)
     assert (result.returncode, result.stdout) == (0, "")
     texts = [s["text"] for s in records(out.read_text(encoding="utf-8"))]
-    assert texts == chargen.load(tiny_checkpoint).generate("", n=2, length=30, seed=1)
+    assert texts == chargen.load(tiny_checkpoint, precision="fp32").generate("", n=2, length=30, seed=1)
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left beside it
 
 
@@ -89,11 +92,12 @@ def test_several_plain_samples_are_separated_and_stop_strings_take_escapes(tiny_
 
 def test_a_single_sample_streams_to_a_terminal(tiny_checkpoint: Path) -> None:
     command = [*chargen_command(), "sample", str(tiny_checkpoint), "--prime", "Whan", "--length", "80", "--seed", "5"]
+    command += ["--precision", "fp32"]
     child = pexpect.spawn(command[0], command[1:], encoding="utf-8", timeout=120)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-    expected = "Whan" + chargen.load(tiny_checkpoint).generate("Whan", length=80, seed=5)[0]
+    expected = "Whan" + chargen.load(tiny_checkpoint, precision="fp32").generate("Whan", length=80, seed=5)[0]
     assert child.before.replace("\r\n", "\n").rstrip("\n") == expected.rstrip("\n")
 
 

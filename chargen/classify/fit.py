@@ -36,7 +36,7 @@ from chargen.classify.models import (
     joined_text,
 )
 from chargen.classify.ngram import NgramClassifier, train_ngram
-from chargen.classify.store import LoadedClassifier, ngram_state, save_classifier
+from chargen.classify.store import LoadedClassifier, classifier_payload, save_classifier
 from chargen.classify.trainer import (
     ClassifierTrainer,
     DiscriminativeTrainer,
@@ -44,10 +44,10 @@ from chargen.classify.trainer import (
     GenerativeTrainer,
     balanced_weights,
 )
-from chargen.config import ClassifierConfig, ModelConfig, TokenizerConfig, TrainConfig, to_dict
+from chargen.config import ClassifierConfig, ModelConfig, TokenizerConfig, TrainConfig
 from chargen.data.batches import Dataset
 from chargen.data.corpus import ReadOptions, read_corpus
-from chargen.data.labelled import Examples, Split, fingerprint, read_examples, require_classes, split_examples
+from chargen.data.labelled import Examples, Split, read_examples, require_classes, split_examples
 from chargen.data.tokenizers import Tokenizer, train_tokenizer
 from chargen.device import select_device, select_precision
 from chargen.errors import ConfigError, TrainingDiverged
@@ -149,54 +149,13 @@ def fit(request: ClassifyRequest, callbacks: Callbacks | None = None) -> Fitted:
     classifier = Classifier(LoadedClassifier(module, tokenizer, examples.classes, config, {}), device, dtype)
     seconds = time.perf_counter() - started
     test = classifier.evaluate(split.test) if split.test is not None else None
-    payload = _payload(request, examples, split, classifier, train_config, validation, test, seconds)
-    save_classifier(out, payload)
-    classifier.loaded.payload = payload
-    return Fitted(out, classifier, validation, test, seconds)
-
-
-def _payload(
-    request: ClassifyRequest,
-    examples: Examples,
-    split: Split,
-    classifier: Classifier,
-    train_config: TrainConfig,
-    validation: Report,
-    test: Report | None,
-    seconds: float,
-) -> dict[str, Any]:
     metrics = {"val_accuracy": validation.accuracy, "val_macro_f1": validation.macro_f1, "seconds": seconds}
     if test is not None:
         metrics.update(test_accuracy=test.accuracy, test_macro_f1=test.macro_f1)
-    loaded = classifier.loaded
-    lm_config, ngram = _lm_config(loaded.module), ngram_state(loaded)
-    return {
-        "labels": loaded.labels,
-        "classifier_config": to_dict(loaded.config),
-        **({} if lm_config is None else {"model_config": to_dict(lm_config)}),
-        **({} if loaded.tokenizer is None else {"tokenizer": loaded.tokenizer.state()}),
-        **({} if ngram is None else {"ngram": ngram}),
-        "model": {k: v.detach().cpu() for k, v in loaded.module.state_dict().items()},
-        "metrics": metrics,
-        "train_config": to_dict(train_config),
-        "data": {
-            "source": str(request.data),
-            "fingerprint": fingerprint(examples),
-            "counts": examples.counts(),
-            "train": len(split.train),
-            "val": len(split.val),
-            "test": len(split.test) if split.test is not None else 0,
-            "seed": train_config.seed,
-        },
-    }
-
-
-def _lm_config(module: Module | NgramClassifier | EnsembleClassifier) -> ModelConfig | None:
-    if isinstance(module, EnsembleClassifier):
-        module = module.lstm
-    if isinstance(module, NgramClassifier):
-        return None
-    return module.lms[0].config if isinstance(module, GenerativeClassifier) else module.lm.config
+    payload = classifier_payload(classifier.loaded, train_config, metrics, request.data, examples, split)
+    save_classifier(out, payload)
+    classifier.loaded.payload = payload
+    return Fitted(out, classifier, validation, test, seconds)
 
 
 def _labels_of(examples: Examples, classes: list[str]) -> torch.Tensor:

@@ -13,7 +13,8 @@ from chargen.checkpoint import FileKind, load_checkpoint, load_weights, read_mod
 from chargen.classify.ensemble import EnsembleClassifier
 from chargen.classify.models import DiscriminativeClassifier, GenerativeClassifier, Module
 from chargen.classify.ngram import NgramClassifier
-from chargen.config import ClassifierConfig, ModelConfig, from_dict
+from chargen.config import ClassifierConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from chargen.data.labelled import Examples, Split, fingerprint
 from chargen.data.tokenizers import Tokenizer
 from chargen.errors import CheckpointError, ConfigError
 
@@ -63,6 +64,45 @@ def _ngram_module(payload: dict[str, Any], classes: int, source: str | Path) -> 
     ):
         raise CheckpointError(f"{source}: its n-gram model has no valid vocabulary; train the classifier again")
     return NgramClassifier(vocabulary, classes, longest)
+
+
+def classifier_payload(
+    loaded: LoadedClassifier,
+    train_config: TrainConfig,
+    metrics: dict[str, float],
+    source: Path,
+    examples: Examples,
+    split: Split,
+) -> dict[str, Any]:
+    """What the file holds: the parts the method has, and where the examples came from."""
+    lm_config, ngram = _lm_config(loaded.module), ngram_state(loaded)
+    return {
+        "labels": loaded.labels,
+        "classifier_config": to_dict(loaded.config),
+        **({} if lm_config is None else {"model_config": to_dict(lm_config)}),
+        **({} if loaded.tokenizer is None else {"tokenizer": loaded.tokenizer.state()}),
+        **({} if ngram is None else {"ngram": ngram}),
+        "model": {k: v.detach().cpu() for k, v in loaded.module.state_dict().items()},
+        "metrics": metrics,
+        "train_config": to_dict(train_config),
+        "data": {
+            "source": str(source),
+            "fingerprint": fingerprint(examples),
+            "counts": examples.counts(),
+            "train": len(split.train),
+            "val": len(split.val),
+            "test": len(split.test) if split.test is not None else 0,
+            "seed": train_config.seed,
+        },
+    }
+
+
+def _lm_config(module: Module | NgramClassifier | EnsembleClassifier) -> ModelConfig | None:
+    if isinstance(module, EnsembleClassifier):
+        module = module.lstm
+    if isinstance(module, NgramClassifier):
+        return None
+    return module.lms[0].config if isinstance(module, GenerativeClassifier) else module.lm.config
 
 
 def save_classifier(path: Path, payload: dict[str, Any]) -> None:
