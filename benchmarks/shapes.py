@@ -30,6 +30,7 @@ prepare_runtime()  # before torch loads: idle threads wait as under the chargen 
 
 import torch  # noqa: E402
 
+from chargen.checkpoint import load_checkpoint  # noqa: E402
 from chargen.generation.kernels import cpu_model  # noqa: E402
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -78,8 +79,11 @@ def run(corpus: Path, shape: str, steps: int, extra: list[str]) -> dict | None:
             print(f"{shape} at {steps} steps: failed (its error above)", flush=True)
             return None
         last = json.loads(out.with_name("model.metrics.jsonl").read_text().splitlines()[-1])
+        whole = load_checkpoint(out)["metrics"]["result_bpc"]  # the whole validation tail
     seconds = last["elapsed"] - last["eval_seconds"]
-    result = {"shape": shape, "steps": last["step"], "val_bpc": last["val_bpc"], "steps_per_s": last["step"] / seconds}
+    result = {"shape": shape, "steps": last["step"], "val_bpc": whole, "steps_per_s": last["step"] / seconds}
+    if extra:
+        result["options"] = " ".join(extra)
     print(json.dumps(result), flush=True)
     return result
 

@@ -18,7 +18,9 @@ from chargen.training.shape_rates import candidates, measure
 from tests.helpers import Recorder
 
 CPU = torch.device("cpu")
-SHAPES = {str(c.shape).split()[0]: c.shape for c in CURVES}  # "2×512" -> Shape
+SHAPES = {str(c.shape).replace(" batch 64×64", ""): c.shape for c in CURVES}  # "1×512 no dropout" -> Shape
+NETWORKS = {name: shape for name, shape in SHAPES.items() if shape == shape.timed}  # "2×512" -> Shape
+SMALLEST = min(NETWORKS.values(), key=lambda s: s.layers * s.hidden)
 
 
 def test_the_table_starts_with_the_default_shape_and_its_curves_fall() -> None:
@@ -39,10 +41,10 @@ def test_predictions_follow_the_table_between_points_and_stay_flat_beyond_it() -
 
 
 def test_equal_speeds_keep_the_default_and_the_time_left_decides() -> None:
-    """With the same steps/s for every shape, nothing but the default can win (more parameters
-    learn more per step); a shape many times faster wins a short budget."""
-    small = min(SHAPES.values(), key=lambda s: s.layers * s.hidden)
-    same = choose({shape: 1.0 for shape in SHAPES.values()}, 600)
+    """With the same steps/s for every network of the default's regularisation, nothing but the
+    default can win (more parameters learn more per step); a shape many times faster wins a short budget."""
+    small = SMALLEST
+    same = choose({shape: 1.0 for shape in NETWORKS.values()}, 600)
     assert same.shape == DEFAULT and same.predictions[0].shape == DEFAULT
     fast = choose({DEFAULT: 0.5, small: 10.0}, 60)
     assert fast.shape == small
@@ -70,7 +72,9 @@ AVX2 = {"2×512": 1.71, "1×512": 3.26, "1×256": 10.61}  # the same, emulated A
     ids=["zen4 1m", "zen4 3m", "zen4 10m", "zen4 30m", "avx2 1m", "avx2 3m", "avx2 10m", "avx2 30m"],
 )
 def test_the_measured_speeds_choose_what_the_curves_say(rates: dict[str, float], minutes: int, expected: str) -> None:
-    choice = choose({SHAPES[name]: rate for name, rate in rates.items()}, minutes * 60 * 0.97)
+    """Each network's rate stands for its variants of regularisation too, as `measure` gives them."""
+    speeds = {shape: rates[str(shape.timed).replace(" batch 64×64", "")] for shape in SHAPES.values()}
+    choice = choose(speeds, minutes * 60 * 0.97)
     assert choice.shape == SHAPES[expected]
     assert [p.bpc for p in choice.predictions[1:]] == sorted(p.bpc for p in choice.predictions[1:])
 
@@ -90,9 +94,23 @@ def test_shapes_not_reached_within_the_measuring_limit_are_not_candidates() -> N
         return 1.0
 
     rates, _ = measure(tuple(SHAPES.values()), meter, limit=0.0)
-    assert len(timed) == 1 == len(rates) and timed[0].hidden == min(s.hidden for s in SHAPES.values())
+    assert timed == [SMALLEST] and rates and all(shape.timed == SMALLEST for shape in rates)
+    timed.clear()
     rates, _ = measure(tuple(SHAPES.values()), meter, limit=60.0)
     assert set(rates) == set(SHAPES.values())
+
+
+def test_variants_of_regularisation_are_timed_once_and_share_the_rate() -> None:
+    timed: list[Shape] = []
+
+    def meter(shape: Shape) -> float:
+        timed.append(shape)
+        return float(shape.hidden)
+
+    rates, _ = measure(tuple(SHAPES.values()), meter, limit=60.0)
+    assert sorted(timed, key=str) == sorted(NETWORKS.values(), key=str)
+    assert len(SHAPES) > len(NETWORKS)  # the table has variants of regularisation
+    assert all(rate == shape.hidden for shape, rate in rates.items())
 
 
 TIME_ONLY = TrainConfig(max_time=180)
@@ -141,12 +159,20 @@ def test_the_shape_options_set_narrow_the_candidates() -> None:
         assert narrowed == (expected if len(expected) > 1 else ())
 
 
+@pytest.mark.parametrize("option", ["dropout", "weight_drop"])
+def test_a_regularisation_option_set_keeps_only_the_candidates_with_it(option: str) -> None:
+    for value in {getattr(s, option) for s in SHAPES.values()}:
+        narrowed = candidates({option: value}, {}, TIME_ONLY, World(), CPU)
+        expected = tuple(s for s in SHAPES.values() if getattr(s, option) == value)
+        assert narrowed == (expected if len(expected) > 1 else ())
+
+
 def test_a_run_chooses_once_stores_its_shape_and_resumes_without_choosing(corpus_file: Path, tmp_path: Path) -> None:
     """A real run with a 2-second budget, its shapes' speeds given: the small one is many times
     faster, so it is chosen, said in one line, trained and saved; the resume keeps it and never
     measures again."""
-    small = min(SHAPES.values(), key=lambda s: s.layers * s.hidden)
-    speeds = {shape: 400.0 if shape == small else 0.5 for shape in SHAPES.values()}
+    small = SMALLEST
+    speeds = {shape: 400.0 if shape == small else 0.5 for shape in NETWORKS.values()}
     asked: list[Shape] = []
 
     def meter(shape: Shape) -> float:
@@ -157,15 +183,28 @@ def test_a_run_chooses_once_stores_its_shape_and_resumes_without_choosing(corpus
     train = {"max_time": 2.0, "eval_every": 10_000, "sample_chars": 0, "threads": 1}
     recorder = Recorder()
     trainer = prepare(TrainRequest(corpus_file, out, train=train, shape_rates=meter), recorder)
-    assert sorted(asked, key=str) == sorted(SHAPES.values(), key=str)
-    assert trainer.shape_choice is not None and trainer.shape_choice.shape == small
+    assert sorted(asked, key=str) == sorted(NETWORKS.values(), key=str)
+    assert trainer.shape_choice is not None
+    chosen = trainer.shape_choice.shape
+    assert chosen.timed == small
     lines = [m for m in recorder.messages if m.startswith("shape ")]
-    assert len(lines) == 1 and str(small) in lines[0], recorder.messages
-    assert (trainer.model.config.layers, trainer.model.config.hidden) == (small.layers, small.hidden)
+    assert len(lines) == 1 and str(chosen) in lines[0], recorder.messages
+    config = trainer.model.config
+    assert (config.layers, config.hidden, config.dropout, config.weight_drop) == (
+        chosen.layers,
+        chosen.hidden,
+        chosen.dropout,
+        chosen.weight_drop,
+    )
     trainer.run()
     saved = load_checkpoint(out.with_name("m.last.pt"))
-    assert (saved["model_config"]["layers"], saved["model_config"]["hidden"]) == (small.layers, small.hidden)
-    assert saved["train_config"]["seq_len"] == small.seq_len
+    assert {k: saved["model_config"][k] for k in ("layers", "hidden", "dropout", "weight_drop")} == {
+        "layers": chosen.layers,
+        "hidden": chosen.hidden,
+        "dropout": chosen.dropout,
+        "weight_drop": chosen.weight_drop,
+    }
+    assert saved["train_config"]["seq_len"] == chosen.seq_len
 
     def never(shape: Shape) -> float:
         raise AssertionError("a resumed run measured shapes")
@@ -173,4 +212,5 @@ def test_a_run_chooses_once_stores_its_shape_and_resumes_without_choosing(corpus
     more = {**train, "max_time": 3.0}
     resumed = prepare(TrainRequest(corpus_file, out, train=more, resume=True, shape_rates=never), Recorder())
     assert resumed.shape_choice is None and resumed.model.config.hidden == small.hidden
+    assert resumed.model.config.dropout == chosen.dropout
     assert resumed.progress.step == saved["resume"]["step"]

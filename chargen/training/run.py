@@ -153,7 +153,13 @@ def _chosen_shape(
         return start, None
 
     def shaped(shape: Shape) -> TrainRequest:
-        model = {**request.model, "layers": shape.layers, "hidden": shape.hidden}
+        model = {
+            **request.model,
+            "layers": shape.layers,
+            "hidden": shape.hidden,
+            "dropout": shape.dropout,
+            "weight_drop": shape.weight_drop,
+        }
         return dataclasses.replace(
             request, model=model, train={**request.train, "batch_size": shape.batch_size, "seq_len": shape.seq_len}
         )

@@ -1,29 +1,46 @@
 """The model shape a time budget buys the most from: which candidate reaches the lowest validation
-bpc in the steps the machine can make of it. How low a shape gets after N steps does not depend
-on the machine (CURVES, measured once); how many steps a budget buys does (measured on the
-user's machine by chargen.training.shape_rates)."""
+bpc in the steps the machine can make of it. A candidate is a network and batch shape with its
+regularisation: dropout slows the first few readings of a corpus and pays off only after many.
+How low a shape gets after N steps does not depend on the machine (CURVES, measured once); how
+many steps a budget buys does (measured on the user's machine by chargen.training.shape_rates)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
-from chargen.config import format_duration
+from chargen.config import ModelConfig, default, format_duration
+
+DROPOUT: float = default(ModelConfig, "dropout")
+WEIGHT_DROP: float = default(ModelConfig, "weight_drop")
 
 
 @dataclass(frozen=True)
 class Shape:
-    """What the choice sets: the network's layers and hidden size, the batch's streams and window."""
+    """What the choice sets: the network's layers and hidden size, the batch's streams and window,
+    and the dropout between layers and of the recurrent weights."""
 
     layers: int
     hidden: int
     batch_size: int = 64
     seq_len: int = 64
+    dropout: float = DROPOUT
+    weight_drop: float = WEIGHT_DROP
 
     def __str__(self) -> str:
-        return f"{self.layers}×{self.hidden} batch {self.batch_size}×{self.seq_len}"
+        text = f"{self.layers}×{self.hidden} batch {self.batch_size}×{self.seq_len}"
+        if (self.dropout, self.weight_drop) == (DROPOUT, WEIGHT_DROP):
+            return text
+        if self.dropout == self.weight_drop == 0:
+            return text + " no dropout"
+        return text + f" dropout {self.dropout:g} weight drop {self.weight_drop:g}"
+
+    @property
+    def timed(self) -> Shape:
+        """The shape whose steps/s stand for this one's: regularisation costs next to nothing per step."""
+        return replace(self, dropout=DROPOUT, weight_drop=WEIGHT_DROP)
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class Curve:
 CURVES: tuple[Curve, ...] = (
     Curve(Shape(2, 512), ((150, 2.701), (300, 2.369), (600, 2.175), (1241, 2.092), (3965, 1.990))),
     Curve(Shape(1, 512), ((150, 2.671), (300, 2.391), (600, 2.216), (1200, 2.112))),
+    Curve(Shape(1, 512, dropout=0.0, weight_drop=0.0), ((600, 2.174), (1200, 2.077))),
     Curve(Shape(1, 256), ((150, 2.800), (300, 2.557), (600, 2.376), (1200, 2.262), (2400, 2.187))),
 )
 DEFAULT = CURVES[0].shape
@@ -87,7 +105,8 @@ class Choice:
         default = next((p for p in self.predictions if p.shape == DEFAULT), None)
         if default is not None and default.shape != best.shape:
             line += f" (default {DEFAULT.layers}×{DEFAULT.hidden}: ~{default.steps:.0f} steps, {default.bpc:.2f})"
-        return line + f"; measured in {self.seconds:.1f}s of the budget (set --layers/--hidden to choose yourself)"
+        yourself = "set --layers/--hidden/--dropout/--weight-drop to choose yourself"
+        return line + f"; measured in {self.seconds:.1f}s of the budget ({yourself})"
 
 
 def choose(

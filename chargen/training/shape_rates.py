@@ -25,7 +25,7 @@ MEASURE_CAP = 30.0
 # Each candidate: one warm-up step (oneDNN builds its kernels), then steps for at least this long.
 TIMED_SECONDS = 0.3
 
-SHAPE_OPTIONS = ("layers", "hidden", "batch_size", "seq_len")
+SHAPE_OPTIONS = ("layers", "hidden", "batch_size", "seq_len", "dropout", "weight_drop")
 
 
 def candidates(
@@ -48,14 +48,21 @@ def measure_limit(budget: float) -> float:
     return min(MEASURE_SHARE * budget, MEASURE_CAP)
 
 
+def cost(shape: Shape) -> tuple[int, str]:
+    """Cheapest first (the recurrent matmuls dominate a step), in a fixed order."""
+    return shape.batch_size * shape.seq_len * shape.layers * shape.hidden**2, str(shape)
+
+
 def measure(shapes: tuple[Shape, ...], meter: RateMeter, limit: float) -> tuple[dict[Shape, float], float]:
-    """Steps/s of each shape, cheapest first, until `limit` seconds are spent; and the seconds spent."""
+    """Steps/s of each shape, cheapest first, until `limit` seconds are spent; and the seconds spent.
+    Shapes that differ only in their regularisation are timed once, as `Shape.timed`."""
     started = time.perf_counter()
-    rates: dict[Shape, float] = {}
-    for shape in sorted(shapes, key=lambda s: s.batch_size * s.seq_len * s.layers * s.hidden**2):
-        if rates and time.perf_counter() - started > limit:
+    timed: dict[Shape, float] = {}
+    for shape in sorted({s.timed for s in shapes}, key=cost):
+        if timed and time.perf_counter() - started > limit:
             break
-        rates[shape] = meter(shape)
+        timed[shape] = meter(shape)
+    rates = {shape: timed[shape.timed] for shape in shapes if shape.timed in timed}
     return rates, time.perf_counter() - started
 
 
