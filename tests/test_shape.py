@@ -13,7 +13,17 @@ from chargen.checkpoint import load_checkpoint
 from chargen.config import ModelConfig, TrainConfig
 from chargen.training.distributed import World
 from chargen.training.run import TrainRequest, prepare
-from chargen.training.shape import CURVES, DEFAULT, MARGIN, Curve, Shape, choose, predicted_bpc
+from chargen.training.shape import (
+    CURVE_TOKENS,
+    CURVES,
+    DEFAULT,
+    MARGIN,
+    TRAINING_SHARE,
+    Curve,
+    Shape,
+    choose,
+    predicted_bpc,
+)
 from chargen.training.shape_rates import candidates, measure
 from tests.helpers import Recorder
 
@@ -82,6 +92,19 @@ def test_the_measured_speeds_choose_what_the_curves_say(rates: dict[str, float],
 def test_a_shape_must_beat_the_default_by_the_margin() -> None:
     tie = (Curve(DEFAULT, ((100, 2.5), (200, 2.4))), Curve(Shape(1, 64), ((100, 2.5 - MARGIN / 2), (200, 2.3))))
     assert choose({DEFAULT: 1.0, Shape(1, 64): 1.0}, 100 / 0.93, curves=tie).shape == DEFAULT
+
+
+def test_a_shape_without_dropout_is_trusted_for_as_many_readings_of_the_corpus_as_measured() -> None:
+    """Without dropout a corpus read many times overfits: past the readings its curve measured,
+    the regularised shape is chosen instead; on a corpus twice as big it is still within reach."""
+    free, regular = Shape(1, 64, dropout=0.0, weight_drop=0.0), Shape(1, 64)
+    curves = (Curve(regular, ((100, 2.6), (800, 2.3))), Curve(free, ((100, 2.5), (200, 2.2))))
+    rates = {regular: 1.0, free: 1.0}
+    steps_400 = 400 / TRAINING_SHARE
+    assert choose(rates, 150 / TRAINING_SHARE, curves=curves).shape == free
+    assert choose(rates, steps_400, curves=curves, corpus_tokens=CURVE_TOKENS).shape == regular
+    assert choose(rates, steps_400, curves=curves, corpus_tokens=2 * CURVE_TOKENS).shape == free
+    assert choose({free: 1.0}, steps_400, curves=curves).shape == free  # nothing else: still chosen
 
 
 def test_shapes_not_reached_within_the_measuring_limit_are_not_candidates() -> None:

@@ -173,7 +173,7 @@ def _chosen_shape(
 
     meter = request.shape_rates or step_rate(trainer_for)
     rates, seconds = measure(shapes, meter, measure_limit(config.max_time))
-    choice = choose(rates, config.max_time - seconds, seconds)
+    choice = choose(rates, config.max_time - seconds, seconds, corpus_tokens=len(data.train_ids))
     callbacks.on_message(choice.describe(config.max_time))
     return new_start(shaped(choice.shape)), choice
 

@@ -64,6 +64,8 @@ CURVES: tuple[Curve, ...] = (
     Curve(Shape(1, 256), ((150, 2.800), (300, 2.557), (600, 2.376), (1200, 2.262), (2400, 2.187))),
 )
 DEFAULT = CURVES[0].shape
+# Training tokens of the corpus CURVES were measured on (tinyshakespeare's first 90%).
+CURVE_TOKENS = 1_003_854
 
 # A shape other than the default must be predicted this much better: the run-to-run spread of a
 # 3-minute run is about ±0.01 bpc.
@@ -109,20 +111,34 @@ class Choice:
         return line + f"; measured in {self.seconds:.1f}s of the budget ({yourself})"
 
 
+def within_reach(curve: Curve, steps: float, corpus_tokens: int) -> bool:
+    """Whether `steps` read a corpus of `corpus_tokens` training tokens at most as many times as
+    the curve's last point read the curves' corpus: how far a shape regularised less than the
+    default is trusted (it overfits a smaller corpus sooner). The others are trusted at any length."""
+    shape = curve.shape
+    if shape.dropout >= DROPOUT and shape.weight_drop >= WEIGHT_DROP:
+        return True
+    return steps * CURVE_TOKENS <= curve.points[-1][0] * corpus_tokens
+
+
 def choose(
-    rates: Mapping[Shape, float], seconds_left: float, measured_in: float = 0.0, curves: tuple[Curve, ...] = CURVES
+    rates: Mapping[Shape, float],
+    seconds_left: float,
+    measured_in: float = 0.0,
+    curves: tuple[Curve, ...] = CURVES,
+    corpus_tokens: int = CURVE_TOKENS,
 ) -> Choice:
     """The shape predicted lowest after `seconds_left` of training at the measured steps/s; the
-    default unless another is better by MARGIN. Shapes without a rate are not candidates."""
+    default unless another is better by MARGIN. Shapes without a rate are not candidates, nor are
+    shapes out of reach of their curve on a corpus of `corpus_tokens` (unless none is within it)."""
     by_shape = {c.shape: c for c in curves}
-    predictions = sorted(
-        (
-            Prediction(shape, rate, steps, predicted_bpc(by_shape[shape], steps))
-            for shape, rate in rates.items()
-            for steps in [rate * max(seconds_left, 0.0) * TRAINING_SHARE]
-        ),
-        key=lambda p: p.bpc,
-    )
+    every = [
+        Prediction(shape, rate, steps, predicted_bpc(by_shape[shape], steps))
+        for shape, rate in rates.items()
+        for steps in [rate * max(seconds_left, 0.0) * TRAINING_SHARE]
+    ]
+    reachable = [p for p in every if within_reach(by_shape[p.shape], p.steps, corpus_tokens)]
+    predictions = sorted(reachable or every, key=lambda p: p.bpc)
     default = next((p for p in predictions if p.shape == DEFAULT), None)
     if default is not None and predictions[0].bpc > default.bpc - MARGIN:
         predictions.remove(default)
