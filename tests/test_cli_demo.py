@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from chargen.checkpoint import load_model
+from chargen.training.shape import Shape
 from tests.helpers import chargen_command
 
 
@@ -30,4 +31,5 @@ def test_the_demo_trains_on_the_builtin_corpus_and_prints_a_sample(tmp_path: Pat
     # A one-second budget buys the cheapest shape (chargen.training.shape); the file holds it.
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("shape ")]
     config = load_model(checkpoint).model.config
-    assert line.startswith(f"shape {config.layers}×{config.hidden} batch 64×64 for this CPU and 1s:")
+    chosen = Shape(config.layers, config.hidden, dropout=config.dropout, weight_drop=config.weight_drop)
+    assert line.startswith(f"shape {chosen} for this CPU and 1s:")
