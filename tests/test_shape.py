@@ -70,11 +70,11 @@ AVX2 = {"2×512": 1.56, "1×512": 3.65, "1×256": 7.72}  # the same, emulated AV
 @pytest.mark.parametrize(
     ("rates", "minutes", "expected"),
     [
-        (ZEN4, 1, "1×512 no dropout"),
+        (ZEN4, 1, "1×256 no dropout"),
         (ZEN4, 3, "1×512 no dropout"),
         (ZEN4, 10, "1×512"),
         (ZEN4, 30, "2×512"),
-        (AVX2, 1, "1×512 no dropout"),
+        (AVX2, 1, "1×256 no dropout"),
         (AVX2, 3, "1×512 no dropout"),
         (AVX2, 10, "1×512 no dropout"),
         (AVX2, 30, "1×512"),

@@ -62,9 +62,12 @@ class Curve:
 CURVES: tuple[Curve, ...] = (
     Curve(Shape(2, 512), ((150, 2.701), (300, 2.369), (600, 2.175), (1241, 2.092), (3965, 1.990))),
     Curve(Shape(1, 512), ((150, 2.671), (300, 2.391), (600, 2.216), (1200, 2.112), (2400, 2.053), (4800, 2.004))),
-    Curve(Shape(1, 512, dropout=0.0, weight_drop=0.0), ((600, 2.174), (1200, 2.077), (2400, 2.033))),
+    Curve(
+        Shape(1, 512, dropout=0.0, weight_drop=0.0),
+        ((150, 2.635), (300, 2.354), (600, 2.174), (1200, 2.077), (2400, 2.033)),
+    ),
     Curve(Shape(1, 256), ((150, 2.800), (300, 2.557), (600, 2.376), (1200, 2.262), (2400, 2.187))),
-    Curve(Shape(1, 256, dropout=0.0, weight_drop=0.0), ((600, 2.320), (1200, 2.200))),
+    Curve(Shape(1, 256, dropout=0.0, weight_drop=0.0), ((150, 2.769), (300, 2.505), (600, 2.320), (1200, 2.200))),
 )
 DEFAULT = CURVES[0].shape
 # Training tokens of the corpus CURVES were measured on (tinyshakespeare's first 90%).
