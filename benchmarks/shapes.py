@@ -104,7 +104,7 @@ def rates(corpus: Path, budget: str, precision: str) -> None:
     default = next(p.rate for p in choice.predictions if p.shape == DEFAULT)
     print(f"measured in {choice.seconds:.1f}s; steps/s, ratio to {DEFAULT}, predicted steps and bpc in {budget}:")
     for p in choice.predictions:
-        print(f"  {p.shape!s:22} {p.rate:7.2f}  x{p.rate / default:5.2f}  {p.steps:7.0f}  {p.bpc:.3f}")
+        print(f"  {p.shape!s:32} {p.rate:7.2f}  x{p.rate / default:5.2f}  {p.steps:7.0f}  {p.bpc:.3f}")
     print(f"chosen: {choice.shape}")
 
 
