@@ -61,6 +61,7 @@ def step_by_rows(
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     def run(rows: slice) -> tuple[Tensor, Sequence[Tensor | None], State]:
+        torch.set_num_threads(1)
         rows_state = tuple(s[:, rows] for s in state) if state is not None else None
         with precision():
             token_nll, next_state = model.nll(x[rows], y[rows], rows_state, masks(rows))
@@ -82,19 +83,10 @@ def _on_threads(tasks: Sequence[Callable[[], T]]) -> list[T]:
             _pool[0].shutdown()
         _pool = ThreadPoolExecutor(len(tasks), thread_name_prefix="chargen-rows"), len(tasks)
     threads = torch.get_num_threads()
-    futures = [_pool[0].submit(_with_one_thread, task) for task in tasks]
-    results = [future.result() for future in futures]
-    if any(changed for _, changed in results):  # torch took a worker's count as its default for new threads
-        torch.set_num_threads(threads)
-    return [result for result, _ in results]
-
-
-def _with_one_thread(task: Callable[[], T]) -> tuple[T, bool]:
-    """The task's result, and whether this worker's intra-op thread count had to be set (first task)."""
-    changed = torch.get_num_threads() != 1
-    if changed:
-        torch.set_num_threads(1)
-    return task(), changed
+    try:
+        return [future.result() for future in [_pool[0].submit(task) for task in tasks]]
+    finally:
+        torch.set_num_threads(threads)  # the workers' setting also becomes torch's default for new threads
 
 
 def _sum_gradients(parameters: Sequence[Tensor], per_group: Sequence[Sequence[Tensor | None]]) -> None:
