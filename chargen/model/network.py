@@ -32,6 +32,7 @@ class CharLM(nn.Module):
         self.head = make_output_layer(config)  # full or adaptive softmax (chargen.model.heads)
         if config.tie_weights:
             self.head.weight = self.embed.weight
+        self.masks: Masks | None = None  # set by the trainer for each step (chargen.model.dropout.Masks)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -55,18 +56,16 @@ class CharLM(nn.Module):
         count = 2 if self.config.cell == "lstm" else 1
         return tuple(torch.zeros(shape, device=device) for _ in range(count))
 
-    def encode(self, ids: Tensor, state: State | None = None, masks: Masks | None = None) -> tuple[Tensor, State]:
-        """ids (B, T) -> the top layer's outputs (B, T, H) and the state after the last step. While
-        training, `masks` (from the trainer, for each step) draws the dropout masks; without them
-        dropout draws from torch's generator."""
-        x = self.drop(self.embed(ids), masks)  # (B, T, E)
+    def encode(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) -> the top layer's outputs (B, T, H) and the state after the last step."""
+        x = self.drop(self.embed(ids), self.masks)  # (B, T, E)
         if state is None:
             state = self.initial_state(ids.shape[0], ids.device)
         rnn_state = state if self.config.cell == "lstm" else state[0]
         config = self.config
-        out, rnn_state = run_stack(self.rnn, x, rnn_state, config.dropout, config.weight_drop, masks)  # (B, T, H)
+        out, rnn_state = run_stack(self.rnn, x, rnn_state, config.dropout, config.weight_drop, self.masks)  # (B, T, H)
         new_state = rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)
-        return self.drop(out, masks), new_state
+        return self.drop(out, self.masks), new_state
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) -> next-token scores (B, T, V) and the state. Their softmax is the model's
@@ -74,13 +73,11 @@ class CharLM(nn.Module):
         out, state = self.encode(ids, state)
         return self.head.scores(out), state
 
-    def nll(
-        self, ids: Tensor, targets: Tensor, state: State | None = None, masks: Masks | None = None
-    ) -> tuple[Tensor, State]:
+    def nll(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Negative log-likelihood of each target in nats (B, T), and the state. Training and
         evaluation go through here rather than through the scores, so the adaptive softmax
         scores only the clusters the targets lie in."""
-        out, state = self.encode(ids, state, masks)
+        out, state = self.encode(ids, state)
         nats = self.head.nll(out.flatten(0, 1), targets.flatten())  # (B T,)
         return nats.view(targets.shape), state
 

@@ -88,14 +88,6 @@ class TrainingLoop(ABC):
     def batch_loss(self) -> Tensor:
         """The mean loss of the next training batch, graph attached; moves `progress.cursor` on."""
 
-    def loss_and_gradients(self) -> Tensor:
-        """The next batch's mean loss (detached), its gradients in the parameters' .grad. A
-        subclass may compute them another way (chargen.training.rowgroups)."""
-        loss = self.batch_loss()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        return loss.detach()
-
     @abstractmethod
     def after_update(self, finite: bool) -> None:
         """After each step, told whether its loss and gradients were finite (and so applied)."""
@@ -164,7 +156,9 @@ class TrainingLoop(ABC):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        loss = self.loss_and_gradients()
+        loss = self.batch_loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         value = float(loss.detach())
         finite = math.isfinite(value) and math.isfinite(float(grad_norm))

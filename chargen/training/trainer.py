@@ -24,7 +24,6 @@ from chargen.training.distributed import World
 from chargen.training.evalpart import EvalPart, StepTimer, Validation, time_step
 from chargen.training.events import Callbacks, EvalEvent
 from chargen.training.loop import Interrupted, Progress, TrainingLoop, lr_at
-from chargen.training.rowgroups import row_groups, step_by_rows
 from chargen.training.shape import Choice
 
 __all__ = ["Interrupted", "Trainer", "last_checkpoint_path", "lr_at"]
@@ -46,8 +45,8 @@ class _Scorer(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, ids: Tensor, targets: Tensor, state: State, masks: Masks) -> tuple[Tensor, State]:
-        return self.model.nll(ids, targets, state, masks)
+    def forward(self, ids: Tensor, targets: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.model.nll(ids, targets, state)
 
 
 class Trainer(TrainingLoop):
@@ -97,43 +96,23 @@ class Trainer(TrainingLoop):
 
     # --- one window of the streams ------------------------------------------------------------
     def batch_loss(self) -> Tensor:
-        x, y = self._window()
-        with autocast(self.device, self.dtype):
-            token_nll, self._next_state = self.scorer(x, y, self.state, self._masks(slice(0, self.local_batch)))
-        return token_nll.mean()
-
-    def loss_and_gradients(self) -> Tensor:
-        """On a CPU with several threads, one group of streams per thread (chargen.training.rowgroups)."""
-        alone_on_cpu = self.world.size == 1 and self.device.type == "cpu"  # DDP averages ranks' gradients itself
-        groups = row_groups(self.local_batch, torch.get_num_threads() if alone_on_cpu else 1)
-        if len(groups) == 1:
-            return super().loss_and_gradients()
-        x, y = self._window()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, self._next_state = step_by_rows(
-            self.model, (x, y, self.state), groups, self._masks, lambda: autocast(self.device, self.dtype)
-        )
-        return loss
-
-    def _window(self) -> tuple[Tensor, Tensor]:
-        """This rank's rows of the next window (inputs, targets); the state ready for them."""
         x, y, cursor, new_epoch = self.batches.window(self.progress.cursor)
         x, y = x[self.rows], y[self.rows]
         if new_epoch or self.state is None:
             self.state = self.model.initial_state(self.local_batch, self.device)
+        # This step's dropout masks, keyed by seed and step: the ranks together draw what one process
+        # draws, and a resumed run what it would have (chargen.model.dropout.Masks).
+        self.model.masks = Masks.keyed(self.config.seed, self.progress.step, self.rows, self.config.batch_size)
+        with autocast(self.device, self.dtype):
+            token_nll, self._next_state = self.scorer(x.to(self.device), y.to(self.device), self.state)
         self.progress.cursor = cursor
-        return x.to(self.device), y.to(self.device)
-
-    def _masks(self, rows: slice) -> Masks:
-        """For `rows` of this rank's; keyed by seed and step, so ranks (and groups of rows) together
-        draw what one process draws, and a resumed run what it would have (chargen.model.dropout)."""
-        whole = slice(self.rows.start + rows.start, self.rows.start + rows.stop)
-        return Masks.keyed(self.config.seed, self.progress.step, whole, self.config.batch_size)
+        return token_nll.mean()
 
     def after_update(self, finite: bool) -> None:
         # A non-finite state would poison every later window.
         self.state = detach_state(self._next_state) if finite and self._next_state is not None else None
         self._next_state = None
+        self.model.masks = None
 
     def epoch_progress(self) -> float:
         return self.batches.epoch_progress(self.progress.cursor)
