@@ -5,6 +5,8 @@ plain reference loop, in the same run.
     python benchmarks/sampling.py --threads 1
     python benchmarks/sampling.py --checkpoint ckpt.pt   # a trained model: the quality line means something
     python benchmarks/sampling.py --no-cli               # skip the CLI rows
+    python benchmarks/sampling.py --checkpoint ckpt.pt --cli-precision int8-fused
+                                                         # the CLI rows with a named step
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/sampling.py --isa avx2
                                                          # an AVX2-only CPU, emulated on an AVX-512 one
 
@@ -108,22 +110,22 @@ def build_model(checkpoint: Path | None, text: str) -> tuple[CharLM, CharTokeniz
     return model, tokenizer, "untrained"
 
 
-def cli_seconds(checkpoint: Path, streams: int, length: int, home: str) -> float:
+def cli_seconds(checkpoint: Path, streams: int, length: int, home: str, precision: str) -> float:
     """Wall time of `chargen sample` writing `streams` samples of `length` characters to a pipe."""
     command = [sys.executable, "-m", "chargen", "sample", str(checkpoint), "--length", str(length), "--seed", "1"]
-    command += ["-n", str(streams), "--temperature", str(TEMPERATURE)]
+    command += ["-n", str(streams), "--temperature", str(TEMPERATURE), "--precision", precision]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "CHARGEN_HOME": home})
     return time.perf_counter() - start
 
 
-def cli_rows(checkpoint: Path, runs: list[tuple[int, int]]) -> None:
+def cli_rows(checkpoint: Path, runs: list[tuple[int, int]], precision: str) -> None:
     with tempfile.TemporaryDirectory() as home:
-        cli_seconds(checkpoint, 1, 1, home)  # measures and caches the kernel choice
-        startup = min(cli_seconds(checkpoint, 1, 1, home) for _ in range(2))
-        print(f"CLI: start-up (--length 1) {startup:.2f} s, mostly importing torch")
+        cli_seconds(checkpoint, 1, 1, home, precision)  # measures and caches the kernel choice
+        startup = min(cli_seconds(checkpoint, 1, 1, home, precision) for _ in range(2))
+        print(f"CLI (--precision {precision}): start-up (--length 1) {startup:.2f} s, mostly importing torch")
         for streams, length in runs:
-            wall = min(cli_seconds(checkpoint, streams, length, home) for _ in range(2))
+            wall = min(cli_seconds(checkpoint, streams, length, home, precision) for _ in range(2))
             net = streams * length / max(wall - startup, 1e-9)
             label = f"{streams:>2} stream{'s' if streams > 1 else ' '} × {length} chars"
             print(f"CLI: {label}: {wall:.2f} s wall, {net:,.0f} chars/s net of start-up")
@@ -149,6 +151,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-cli", action="store_true", help="skip timing the chargen sample CLI (needs --checkpoint)")
     parser.add_argument("--isa", choices=fused.runnable_isas(), help="force the native step's path")
+    parser.add_argument(
+        "--cli-precision",
+        default="auto",
+        help="the CLI rows' --precision (int8-fused under emulated AVX2: fbgemm keeps using AVX512-VNNI there)",
+    )
     args = parser.parse_args()
     if args.isa:
         os.environ[fused.ISA_VARIABLE] = args.isa
@@ -205,7 +212,7 @@ def main() -> None:
     if args.checkpoint is None:
         print("CLI: not timed (it samples from a checkpoint: use --checkpoint)")
     elif not args.no_cli:
-        cli_rows(args.checkpoint, [(1, args.cli_chars), (64, args.batch_chars * 4)])
+        cli_rows(args.checkpoint, [(1, args.cli_chars), (64, args.batch_chars * 4)], args.cli_precision)
 
 
 if __name__ == "__main__":
