@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from chargen.generation.inference import precision_usable
+from chargen.generation.inference import PRECISIONS, precision_usable
+from chargen.generation.products import KINDS, int8_product
 from chargen.training.events import Callbacks, EvalEvent, StepEvent
 from chargen.training.run import TrainRequest, prepare
 from chargen.training.trainer import Trainer
@@ -41,6 +43,31 @@ def needs_precision(precision: str) -> None:
     the native step is there wherever it should be)."""
     if not precision_usable(precision):
         pytest.skip(f"the {precision} step does not run on this machine")
+
+
+def precisions_here(*, reduced: bool = False) -> list[str]:
+    """The sampling steps this CPU runs (the others are not offered here: AVX2-only CPUs have no
+    exact torch int8 product and no bf16), for parametrising; `reduced` leaves out fp32.
+    tests/test_fused.py fails where the native step should run and does not."""
+    return [p for p in PRECISIONS if precision_usable(p) and not (reduced and p == "fp32")]
+
+
+def exact_int8_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Torch's int8 step where its `_int_mm` is exact. Where it saturates (oneDNN without VNNI:
+    AVX2-only CPUs, where chargen does not offer it), the same step with the integer sums done in
+    float64, so the native step is still compared with the int8 step's numbers there."""
+    if KINDS["int8"].usable():
+        return
+    exact = int8_product(lambda x, w: (x.double() @ w.double()).to(torch.int32))
+    monkeypatch.setitem(KINDS, "int8", replace(KINDS["int8"], build=exact, usable=lambda: True))
+
+
+def int8_step() -> str:
+    """An int8 step this machine runs, for a subprocess (which no monkeypatch reaches)."""
+    usable = [p for p in ("int8", "int8-fused", "int8-fbgemm") if precision_usable(p)]
+    if not usable:
+        pytest.skip("no int8 step runs on this machine")
+    return usable[0]
 
 
 class ScriptedLoad:

@@ -20,7 +20,7 @@ from chargen.generation.kernels import torch_threads
 from chargen.generation.products import quantize_rows
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM, State
-from tests.helpers import chargen_command, needs_precision
+from tests.helpers import chargen_command, exact_int8_step, needs_precision
 
 CPU = torch.device("cpu")
 ISAS = ("portable", "avx2", "avxvnni", "avx512", "amx")  # the C step's paths, slowest first
@@ -80,10 +80,13 @@ def test_the_paths_run_fastest_first_and_the_portable_one_everywhere() -> None:
 
 @pytest.mark.parametrize(("layers", "hidden"), [(1, 7), (2, 20), (3, 48), (2, 64)])
 @pytest.mark.parametrize("streams", [1, 5])
-def test_the_native_step_computes_the_int8_steps_numbers(layers: int, hidden: int, streams: int) -> None:
+def test_the_native_step_computes_the_int8_steps_numbers(
+    monkeypatch: pytest.MonkeyPatch, layers: int, hidden: int, streams: int
+) -> None:
     """Any width (padded to blocks of 16 inside), any depth: the same scores as torch's int8 step,
     whose integer products are exact too, up to float rounding."""
     needs_precision(fused.PRECISION)
+    exact_int8_step(monkeypatch)
     model = lstm(layers, hidden)
     steppers = [make_stepper(model, CPU, fused.PRECISION), make_stepper(model, CPU, "int8", streams)]
     (native, reference), (state, ref_state) = step_together(model, steppers, torch.randint(23, (streams, 40)))
@@ -141,7 +144,7 @@ def test_each_path_samples_the_int8_steps_tokens_for_a_seed(monkeypatch: pytest.
     """Forced by CHARGEN_NATIVE_ISA, each path writes the text torch's int8 step writes for the
     same seed: on 1, 4 and 64 streams, on 1 and 2 threads."""
     needs_isa(isa)
-    needs_precision("int8")
+    exact_int8_step(monkeypatch)
     monkeypatch.setenv(fused.ISA_VARIABLE, isa)
     tokenizer = CharTokenizer.train("the quick brown fox jumps over the lazy dog.\n")
     torch.manual_seed(3)

@@ -15,13 +15,13 @@ from chargen.checkpoint import build_model, load_checkpoint, save_checkpoint
 from chargen.config import ADAPTIVE_ABOVE, ModelConfig, SampleConfig, resolve_output
 from chargen.data.tokenizers import CharTokenizer, unwritten_ids
 from chargen.errors import CheckpointError, ConfigError
-from chargen.generation.inference import PRECISIONS, make_stepper
+from chargen.generation.inference import make_stepper
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
 from chargen.model.heads import AdaptiveSoftmax, adaptive_cutoffs, padded_rows
 from chargen.repl.session import Session
 from chargen.training.run import TrainRequest, prepare
-from tests.helpers import CHINESE, needs_precision
+from tests.helpers import CHINESE, precisions_here
 
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"  # 40 characters + the unknown id
 
@@ -120,9 +120,8 @@ def test_scores_are_log_probabilities_up_to_a_constant_and_nll_agrees(output: st
         torch.testing.assert_close(model.head.scores(hidden).double(), exact, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("precision", list(PRECISIONS))
+@pytest.mark.parametrize("precision", precisions_here())
 def test_fast_steps_give_the_models_own_adaptive_distribution(precision: str) -> None:
-    needs_precision(precision)
     model = scrambled_adaptive()
     stepper = make_stepper(model, torch.device("cpu"), precision, 8)
     tokens = torch.randint(0, 41, (8, 6))

@@ -10,7 +10,7 @@ import torch
 
 from chargen.config import ModelConfig
 from chargen.generation import products
-from chargen.generation.inference import PRECISIONS, make_stepper, step_precisions
+from chargen.generation.inference import make_stepper, step_precisions
 from chargen.generation.kernels import (
     BATCHES,
     CACHE_NAME,
@@ -23,7 +23,7 @@ from chargen.generation.kernels import (
 )
 from chargen.model import CharLM
 from chargen.paths import user_data_dir
-from tests.helpers import ScriptedLoad, needs_precision
+from tests.helpers import ScriptedLoad, precisions_here
 
 CPU = torch.device("cpu")
 FP32 = {"precision": "fp32", "threads": 1}
@@ -99,9 +99,8 @@ def test_a_measurement_too_brief_to_judge_the_load_is_remembered(model: CharLM) 
     assert choose_kernel(model, CPU, conditions=Conditions(load=ScriptedLoad(busy=2.0, tick=0.01))).how == "measured"
 
 
-@pytest.mark.parametrize("precision", list(PRECISIONS))
+@pytest.mark.parametrize("precision", precisions_here())
 def test_a_requested_precision_overrides_the_measurement(model: CharLM, precision: str) -> None:
-    needs_precision(precision)
     choice = choose_kernel(model, CPU, precision)
     assert choice.how == "requested"
     assert choice.for_batch(1) == choice.for_batch(64) == Kernel(precision, torch.get_num_threads())
@@ -126,12 +125,11 @@ def test_fp32_steps_give_the_models_tokens(model: CharLM) -> None:
             assert torch.equal(logits.argmax(-1), expected[:, t].argmax(-1))
 
 
-@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
+@pytest.mark.parametrize("precision", precisions_here(reduced=True))
 @pytest.mark.parametrize("streams", [1, 4])
 def test_reduced_precision_steps_give_the_models_distribution(model: CharLM, precision: str, streams: int) -> None:
     """int8 or bf16 weights move each next-token distribution by little (total variation) from the
     model's own, for one stream and for a batch."""
-    needs_precision(precision)
     tokens = torch.randint(12, (streams, 50))
     stepper = make_stepper(model, CPU, precision, streams)
     with torch.no_grad():
@@ -143,11 +141,10 @@ def test_reduced_precision_steps_give_the_models_distribution(model: CharLM, pre
             assert float(distance.max()) < 0.02
 
 
-@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
+@pytest.mark.parametrize("precision", precisions_here(reduced=True))
 def test_a_stream_gets_the_same_distribution_alone_or_in_a_batch(model: CharLM, precision: str) -> None:
     """The int8 input scale is fixed, not taken from the batch: a stream's numbers do not depend
     on the other streams."""
-    needs_precision(precision)
     tokens = torch.randint(12, (5, 30))
     alone, batch = make_stepper(model, CPU, precision, 1), make_stepper(model, CPU, precision, 5)
     with torch.no_grad():

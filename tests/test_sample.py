@@ -17,11 +17,11 @@ from chargen.checkpoint import load_model
 from chargen.config import ModelConfig, SampleConfig
 from chargen.data.tokenizers import CharTokenizer, unwritten_ids
 from chargen.generation.draw import StreamRandom, choose, filter_logits
-from chargen.generation.inference import PRECISIONS, make_stepper, step_precisions
+from chargen.generation.inference import make_stepper, step_precisions
 from chargen.generation.kernels import torch_threads
 from chargen.generation.sampler import Sampler
 from chargen.model import CharLM
-from tests.helpers import ScriptedLoad, needs_precision
+from tests.helpers import ScriptedLoad, precisions_here
 
 PRIMES = ["Whan that", "", "The droghte of March", "Whan that"]  # mixed lengths, a repeat, an empty one
 
@@ -31,9 +31,8 @@ def loaded(tiny_checkpoint: Path):
     return load_model(tiny_checkpoint)
 
 
-@pytest.fixture(scope="module", params=list(PRECISIONS))
+@pytest.fixture(scope="module", params=precisions_here())
 def sampler(request: pytest.FixtureRequest, loaded) -> Sampler:
-    needs_precision(request.param)
     return Sampler(loaded.model, loaded.tokenizer, precision=request.param)
 
 
@@ -291,21 +290,19 @@ def bits_per_char(sampler: Sampler, text: str) -> float:
     return nats / math.log(2) / (len(ids) - 1)
 
 
-@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
+@pytest.mark.parametrize("precision", precisions_here(reduced=True))
 def test_reduced_precision_keeps_the_models_quality(loaded, english_text: str, precision: str) -> None:
-    needs_precision(precision)
     text = english_text[:600]
     fp32 = bits_per_char(Sampler(loaded.model, loaded.tokenizer, precision="fp32"), text)
     reduced = bits_per_char(Sampler(loaded.model, loaded.tokenizer, precision=precision), text)
     assert abs(reduced - fp32) < 0.01 * fp32
 
 
-@pytest.mark.parametrize("precision", ["int8", "int8-fbgemm", "int8-fused"])
+@pytest.mark.parametrize("precision", [p for p in precisions_here() if p.startswith("int8")])
 def test_an_int8_step_gives_the_same_text_on_one_thread_or_two(precision: str) -> None:
     """A sampler on a busy machine moves to fewer threads mid-run (chargen.threads.FairThreads):
     the text of a seed must not change with them. A 2×256 model, big enough that the products
     are split among threads."""
-    needs_precision(precision)
     tokenizer = CharTokenizer.train(PRIMES[0] + PRIMES[2] + "\n")
     torch.manual_seed(0)
     model = CharLM(ModelConfig(tokenizer.vocab_size, layers=2, hidden=256))

@@ -23,7 +23,7 @@ from chargen.threads import (
     prepare_runtime,
 )
 from chargen.training.events import Callbacks, StepEvent
-from tests.helpers import ScriptedLoad
+from tests.helpers import ScriptedLoad, int8_step
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 
@@ -294,6 +294,7 @@ def test_sampling_moves_to_one_thread_beside_a_busy_process_and_writes_the_same_
     """The real `chargen sample`, its thread count its own, next to a process that keeps a core
     busy: it says it gave way, and the seed's text is the one it writes on one thread."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    step = int8_step()
     command = [sys.executable, "-m", "chargen", "sample", str(tiny_checkpoint), "--length", "40000", "--seed", "4"]
     cpus = set(sorted(os.sched_getaffinity(0))[:2])
     os.sched_setaffinity(spinner.pid, cpus)
@@ -301,7 +302,7 @@ def test_sampling_moves_to_one_thread_beside_a_busy_process_and_writes_the_same_
         subprocess.run(
             command + options, env=env, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
         )
-        for options in (["--verbose", "--precision", "int8"], ["--threads", "1", "--precision", "int8"])
+        for options in (["--verbose", "--precision", step], ["--threads", "1", "--precision", step])
     ]
     assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
     assert "2 threads, fewer while other processes keep cores busy" in runs[0].stderr

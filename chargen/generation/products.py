@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Product = Callable[[Tensor], Tensor]  # x (B, K) -> x @ W.T + b (B, N), fp32
+IntMatmul = Callable[[Tensor, Tensor], Tensor]  # int8 (B, K) @ int8 (K, N) -> int32 (B, N)
 INT8_H_SCALE = 127.0  # int8 h = round(127 h)
 _TABLE_LIMIT = 1 << 26  # floats; above this (huge vocabularies) the input gates are computed, not looked up
 
@@ -65,11 +66,20 @@ def _fp32(weight: Tensor, bias: Tensor, batch: int) -> Product:
     return lambda x: torch.addmm(bias, x, weight_t)
 
 
-def _int_mm(weight: Tensor, bias: Tensor, batch: int) -> Product:
-    """torch's int8 matmul on the raw weight (no prepacking): exact int32 sums, then row scales."""
-    q, scale = quantize_rows(weight)
-    q_t = q.t()  # _int_mm is fastest on this transposed view
-    return lambda x: torch.addcmul(bias, torch._int_mm(x.round().to(torch.int8), q_t), scale)
+def int8_product(matmul: IntMatmul) -> Callable[[Tensor, Tensor, int], Product]:
+    """The int8 step's product on the raw weight (no prepacking): int32 sums from `matmul`, then
+    row scales. chargen's `matmul` is torch's `_int_mm`, offered only where it is exact; tests
+    sum the same integers another way where it is not (oneDNN without VNNI saturates)."""
+
+    def build(weight: Tensor, bias: Tensor, batch: int) -> Product:
+        q, scale = quantize_rows(weight)
+        q_t = q.t()  # _int_mm is fastest on this transposed view
+        return lambda x: torch.addcmul(bias, matmul(x.round().to(torch.int8), q_t), scale)
+
+    return build
+
+
+_int_mm = int8_product(lambda x, w: torch._int_mm(x, w))
 
 
 def _fbgemm(weight: Tensor, bias: Tensor, batch: int) -> Product:
