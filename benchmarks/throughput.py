@@ -183,14 +183,14 @@ def main() -> None:
         f"matmul peak (best of 1024³-4096³): bf16 {peak_bf16 / 1e12:.2f} TFLOP/s, fp32 {peak_fp32 / 1e12:.2f} TFLOP/s"
     )
     speed = {name: chars_per_step / statistics.median(t) for name, t in times.items()}
-    reference_name = "reference bf16 autocast" if bf16 else "reference fp32"
-    reference = speed[reference_name]
+    against = "bf16 autocast" if bf16 else "fp32"
+    reference = speed[f"reference {against}"]
     for name, chars in speed.items():
         tflops = chars * flops_per_char(tokenizer.vocab_size, embed if name.startswith("chargen") else HIDDEN) / 1e12
         peak = peak_bf16 if "fp32" not in name else peak_fp32
         print(
             f"  {name:<26} {statistics.median(times[name]) * 1e3:7.1f} ms/step  {chars:9,.0f} chars/s  "
-            f"×{chars / reference:4.2f} vs {reference_name[10:]} reference  "
+            f"×{chars / reference:4.2f} vs {against} reference  "
             f"{tflops:.3f} TFLOP/s ({tflops * 1e12 / peak:.0%} of peak)"
         )
     ours, fp32 = speed[f"chargen ({precision})"], speed["reference fp32"]
